@@ -1,0 +1,17 @@
+"""Errors the CLI turns into one line with a hint and exit code 2."""
+
+
+class Phi2EvalError(Exception):
+    """An error caused by the user's input; its message says what to do."""
+
+
+class DataError(Phi2EvalError):
+    """A benchmark data file is missing, empty or malformed."""
+
+
+class ConfigError(Phi2EvalError):
+    """A config file is malformed or names something unknown."""
+
+
+class ModelError(Phi2EvalError):
+    """A model cannot be found or loaded."""

@@ -1,0 +1,241 @@
+"""The shared runner: validate every benchmark, load the model once, run each benchmark through lm-eval."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from evals import config, data, paths, results
+from evals.errors import ConfigError, DataError, Phi2EvalError
+
+PACKAGES = ("phi2-repro", "torch", "transformers", "lm_eval", "datasets", "accelerate", "gguf", "numpy")
+
+
+@dataclass
+class RunOptions:
+    """What `phi2eval run` was asked to do."""
+
+    model: str = "smollm2-135m"
+    limit: int | None = None
+    data_dir: Path | None = None
+    output_dir: Path = field(default_factory=paths.default_results_dir)
+    backend: str = "hf"
+    device: str | None = None
+    dtype: str | None = None
+    batch_size: int = 16
+    max_gen_toks: int = 256
+
+
+def use_data_dir(data_dir: Path | None) -> Path | None:
+    """Point the loaders at `data_dir` (or keep PHI2EVAL_DATA_DIR); None means the hub."""
+    if data_dir is not None:
+        data_dir = Path(data_dir).expanduser().resolve()
+        if not data_dir.is_dir():
+            raise DataError(f"data dir {data_dir} does not exist: pass --data-dir with the layout of ../shared/data")
+        os.environ[paths.DATA_DIR_ENV] = str(data_dir)
+    return paths.data_dir()
+
+
+def task_manager():
+    """lm-eval's TaskManager over configs/tasks only (the built-in tasks are not indexed)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(paths.tasks_dir()), include_defaults=False, verbosity="ERROR")
+
+
+def leaf_tasks(task_dict: dict) -> dict:
+    """{task name: Task} of a (nested) lm-eval task dict."""
+    out = {}
+    for key, value in task_dict.items():
+        if isinstance(value, dict):
+            out.update(leaf_tasks(value))
+        else:
+            out[getattr(key, "group_name", key) if not isinstance(key, str) else key] = value
+    return out
+
+
+def prepare(benches: list[config.Benchmark], tm) -> dict[str, dict]:
+    """Build every benchmark's lm-eval tasks (config and data) before any model loads."""
+    from lm_eval.tasks import get_task_dict
+
+    built = {}
+    for bench in benches:
+        try:
+            built[bench.name] = leaf_tasks(get_task_dict([bench.name], tm))
+        except Phi2EvalError:
+            raise
+        except Exception as exc:  # lm-eval raises many types for bad configs
+            cause = exc
+            while cause.__cause__ is not None and not isinstance(cause, Phi2EvalError):
+                cause = cause.__cause__
+            if isinstance(cause, Phi2EvalError):
+                raise cause from exc
+            raise ConfigError(f"{bench.path}: lm-eval cannot build task {bench.name}: {type(exc).__name__}: {exc}") from exc
+        if not built[bench.name]:
+            raise ConfigError(f"{bench.path}: task {bench.name} has no sub-tasks")
+    return built
+
+
+def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
+    """Run the named benchmarks on one model load; write and return the result files."""
+    from evals.backends import make_lm
+    from evals.models import load_model, resolve, slug
+
+    benches = config.select(names)
+    resolve(opts.model)  # an unknown model fails before any data is read
+    data_dir = use_data_dir(opts.data_dir)
+    tm = task_manager()
+    built = prepare(benches, tm)
+    label = f" on a subset (--limit {opts.limit} per task)" if opts.limit else ""
+    log(f"phi2eval: {len(benches)} benchmark(s){label}; data from {data_dir or 'the Hugging Face hub'}")
+    t0 = time.time()
+    loaded = load_model(opts.model, opts.device, opts.dtype)
+    log(f"phi2eval: loaded {loaded.info['name']} ({loaded.info['source']}) on {loaded.info['device']} "
+        f"{loaded.info['dtype']} in {time.time() - t0:.1f} s; backend {opts.backend}")
+    lm = make_lm(opts.backend, loaded, batch_size=opts.batch_size, max_gen_toks=opts.max_gen_toks)
+    written = []
+    for bench in benches:
+        result, samples = run_one(bench, lm, tm, loaded.info, opts, data_dir, built[bench.name])
+        path = results.write_result(opts.output_dir, slug(loaded.info), result, samples)
+        written.append(path)
+        log(summary_line(result, path))
+    return written
+
+
+def run_one(bench: config.Benchmark, lm, tm, model_info: dict, opts: RunOptions, data_dir,
+            tasks: dict | None = None) -> tuple[dict, list]:
+    """Evaluate one benchmark with lm-eval and turn its output into a result dict and samples.
+
+    `tasks` are the benchmark's built lm-eval tasks (from `prepare`), used to label gold answers.
+    """
+    import lm_eval
+
+    tasks = tasks if tasks is not None else prepare([bench], tm)[bench.name]
+    start = time.time()
+    out = lm_eval.simple_evaluate(model=lm, tasks=[bench.name], task_manager=tm, limit=opts.limit,
+                                  log_samples=True, bootstrap_iters=1000, confirm_run_unsafe_code=True,
+                                  verbosity="ERROR")
+    wall = time.time() - start
+    leaves = list(bench.subtasks) or [bench.name]
+    counts = out.get("n-samples", {})
+    n = sum(counts.get(t, {}).get("effective", 0) for t in leaves)
+    n_total = sum(counts.get(t, {}).get("original", 0) for t in leaves)
+    metrics = metric_table(out["results"][bench.name])
+    key = bench.primary_metric
+    if key not in metrics:
+        raise ConfigError(f"{bench.path}: primary_metric {key!r} not in lm-eval's results ({', '.join(metrics)})")
+    result = {
+        "benchmark": bench.name, "category": bench.category, "metric": key,
+        "score": metrics[key]["value"], "stderr": metrics[key]["stderr"],
+        "n": n, "n_total": n_total, "partial": n < n_total, "limit": opts.limit,
+        "metrics": metrics,
+        "subtasks": {t: {"n": counts.get(t, {}).get("effective"), "n_total": counts.get(t, {}).get("original"),
+                         "metrics": metric_table(out["results"].get(t, {}))} for t in bench.subtasks},
+        "protocol": {"shots": bench.shots, "split": bench.split, "protocol": bench.protocol,
+                     "source": bench.source, "config_file": str(bench.path.relative_to(paths.config_dir().parent)),
+                     "config_sha256": config.config_sha256(bench)},
+        "model": {k: v for k, v in {**model_info, "backend": opts.backend}.items() if k != "path"},
+        "data": {"source": "local" if data_dir else "hub", "hub_path": bench.hub_path,
+                 "files": data.file_hashes([bench.name, *bench.subtasks], data_dir) if data_dir else {}},
+        "env": environment(model_info.get("device", "cpu")),
+        "wall_time_s": round(wall, 2),
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    samples = []
+    for task in leaves:
+        output_type = out.get("configs", {}).get(task, {}).get("output_type", "")
+        samples += [sample_record(tasks.get(task), s, output_type, key) for s in out.get("samples", {}).get(task, [])]
+    return result, samples
+
+
+def metric_table(entry: dict) -> dict:
+    """lm-eval's flat {'acc,none': v, 'acc_stderr,none': s} -> {'acc': {'value': v, 'stderr': s}}."""
+    table = {}
+    for key, value in entry.items():
+        if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
+            continue
+        metric, filt = key.split(",", 1)
+        stderr = entry.get(f"{metric}_stderr,{filt}")
+        name = metric if filt == "none" else key
+        table[name] = {"value": float(value), "stderr": float(stderr) if isinstance(stderr, (int, float)) else None}
+    return dict(sorted(table.items()))
+
+
+def gold_index(task, doc) -> int | None:
+    """The gold choice of a multiple-choice doc, as lm-eval's process_results finds it."""
+    if task is None:
+        return None
+    if isinstance(task.doc_to_text(doc), int):  # several contexts, one continuation (WinoGrande)
+        return task.doc_to_text(doc)
+    gold = task.doc_to_target(doc)
+    if isinstance(gold, str) and not gold.isdigit():
+        return task.doc_to_choice(doc).index(gold)
+    return int(gold)
+
+
+def sample_record(task, s: dict, output_type: str, metric: str) -> dict:
+    """One lm-eval logged sample of `task` (an lm-eval Task) -> the project's per-sample record."""
+    args = s.get("arguments") or []
+    name = getattr(task, "config", None) and task.config.task
+    rec = {"task": name, "doc_id": s.get("doc_id"), "prompt": args[0][0] if args else None, "target": s.get("target")}
+    if output_type == "multiple_choice":
+        lls = [r[0] for r in s.get("filtered_resps", [])]
+        rec.update(choices=[a[1] for a in args], loglikelihoods=lls,
+                   prediction=max(range(len(lls)), key=lls.__getitem__) if lls else None)
+        rec["gold"] = gold_index(task, s.get("doc"))
+    else:
+        rec.update(generation=(s.get("resps") or [[None]])[0][0], extracted=(s.get("filtered_resps") or [None])[0],
+                   filter=s.get("filter"))
+    base = metric.split(",")[0]
+    rec["metrics"] = {k: v for k, v in s.items() if isinstance(v, (int, float, bool)) and k not in ("doc_id",)}
+    rec["correct"] = rec["metrics"].get(base)
+    return rec
+
+
+def environment(device: str) -> dict:
+    """Package versions, git commit, Python and device of this run."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    env = {"git_commit": git_commit(), "packages": versions, "python": platform.python_version(),
+           "platform": platform.platform(), "device": device, "host_cpus": os.cpu_count()}
+    if device.startswith("cuda"):
+        import torch
+
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["gpus"] = torch.cuda.device_count()
+    return env
+
+
+def git_commit() -> str | None:
+    """HEAD of the project checkout ('+dirty' when it has uncommitted changes), or None."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.REPO_ROOT,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def summary_line(result: dict, path: Path) -> str:
+    """One printed line per finished benchmark; subsets are always labelled."""
+    stderr = f" ± {result['stderr']:.4f}" if result.get("stderr") is not None else ""
+    subset = f"SUBSET n={result['n']} of {result['n_total']}" if result["partial"] else f"full n={result['n']}"
+    return (f"{result['benchmark']:<14} {result['metric']} = {result['score']:.4f}{stderr}  ({subset})  "
+            f"{result['wall_time_s']:.1f} s -> {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the phi2eval command")
