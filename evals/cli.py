@@ -1,4 +1,4 @@
-"""The phi2eval command: list | check | run | score | suite | table | report."""
+"""The phi2eval command: list | check | run | suite | table | report | cache."""
 
 import argparse
 import sys
@@ -52,22 +52,90 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _run_options(args, limit):
+    from evals.run import RunOptions
+
+    return RunOptions(model=args.model, limit=limit, data_dir=args.data_dir, output_dir=args.output_dir,
+                      backend=args.backend, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                      max_gen_toks=args.max_gen_toks, cache=not args.no_cache, cache_dir=args.cache_dir)
+
+
 def cmd_run(args) -> int:
     """Run benchmarks on one model load and write results/<model>/<benchmark>.json."""
-    from evals.run import RunOptions, run
+    from evals.run import run
 
-    opts = RunOptions(model=args.model, limit=args.limit, data_dir=args.data_dir, output_dir=args.output_dir,
-                      backend=args.backend, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                      max_gen_toks=args.max_gen_toks)
-    run(args.benchmarks, opts)
+    run(args.benchmarks, _run_options(args, args.limit))
     return 0
+
+
+def cmd_suite(args) -> int:
+    """Run the whole suite on one model load, then write the tables and print the category table."""
+    from evals.suite import quick_limits, run_suite
+
+    limit = quick_limits() if args.quick else args.limit
+    run_suite(_run_options(args, limit), suite=args.suite)
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from evals.backends import BACKENDS, DEFAULT_BACKEND
+    from evals.models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"preset name, HF id, local folder, .gguf file or random:<preset> (default {DEFAULT_MODEL})")
+    p.add_argument("--limit", type=int, default=None,
+                   help="score only the first N documents of each task (sub-task for mmlu/bbh); results are labelled as a subset")
+    _add_data_dir(p)
+    p.add_argument("--output-dir", type=Path, default=paths.default_results_dir(), help="default: results/")
+    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-gen-toks", type=int, default=256, help="generation limit for generative tasks whose YAML sets none (bbh 512, gsm8k 256, squad_v2 32 set their own)")
+    _add_cache_dir(p)
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither reuse nor store finished requests (default: cache them, so a rerun resumes)")
+
+
+def _add_cache_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="request cache folder (default: $PHI2EVAL_CACHE_DIR or .cache/phi2eval in the repository)")
+
+
+def cmd_cache(args) -> int:
+    """`cache info`: one line per model's request cache; `cache clear`: delete them."""
+    from evals import cache
+
+    directory = cache.cache_dir(args.cache_dir)
+    if args.action == "clear":
+        print(f"removed {cache.clear(directory)} request cache file(s) from {directory}")
+        return 0
+    entries = cache.describe(directory)
+    for e in entries:
+        ident = e.get("identity") or {}
+        what = (f"{e['rows']} requests; {ident.get('fingerprint')} {ident.get('dtype')} backend {ident.get('backend')}"
+                if "error" not in e else f"unreadable ({e['error']}); the next run moves it aside")
+        print(f"{e['path'].name}  {e['bytes'] / 1e6:.1f} MB  {what}")
+    print(f"{len(entries)} request cache file(s) in {directory}")
+    return 0
+
+
+def cmd_table(args) -> int:
+    """Write the comparison tables (markdown, CSV, LaTeX) and the category chart from saved results."""
+    from evals import tables
+
+    return tables.run_from_args(args)
+
+
+def cmd_report(args) -> int:
+    """Compare one measured model with its published row; write and print the markdown report."""
+    from evals import report
+
+    return report.run_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    from evals.backends import BACKENDS, DEFAULT_BACKEND
-    from evals.models import DEFAULT_MODEL
-
     parser = argparse.ArgumentParser(prog="phi2eval", description="Reproduce the Phi-2 benchmark table for any causal LM.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,18 +151,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run benchmarks on one model")
     p.add_argument("benchmarks", nargs="*", default=["all"], help="benchmark names, or 'all' (default)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"preset name, HF id, local folder, .gguf file or random:<preset> (default {DEFAULT_MODEL})")
-    p.add_argument("--limit", type=int, default=None,
-                   help="score only the first N documents of each task (sub-task for mmlu/bbh); results are labelled as a subset")
-    _add_data_dir(p)
-    p.add_argument("--output-dir", type=Path, default=paths.default_results_dir(), help="default: results/")
-    p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-gen-toks", type=int, default=256, help="generation limit for generative tasks")
+    _add_run_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("cache", help="the request cache that lets an interrupted run resume: info | clear")
+    p.add_argument("action", choices=("info", "clear"))
+    _add_cache_dir(p)
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("suite", help="run every benchmark of the Phi-2 table on one model load, then the tables")
+    p.add_argument("--suite", default="phi2", help="configs/suites/<name>.yaml (default phi2)")
+    p.add_argument("--quick", action="store_true",
+                   help="labelled subset sized for minutes on a laptop CPU (limits in configs/suites/quick.yaml)")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_suite)
+
+    from evals import report, tables  # light: yaml + json, no torch/lm-eval
+
+    p = sub.add_parser("table", help="comparison tables (md, csv, tex) and chart from saved results; no model")
+    tables.add_arguments(p)
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("report", help="one measured model vs its published row, per category; no model")
+    report.add_arguments(p)
+    p.set_defaults(func=cmd_report)
     return parser
 
 

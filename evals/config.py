@@ -32,6 +32,11 @@ class Benchmark:
     hub_path: str | None
 
     @property
+    def metric_name(self) -> str:
+        """The primary metric as result files name it ('acc,none' -> 'acc'; filtered keys stay whole)."""
+        return self.primary_metric.removesuffix(",none")
+
+    @property
     def metric_key(self) -> str:
         """The key of the primary metric in lm-eval's results ('acc' -> 'acc,none')."""
         return self.primary_metric if "," in self.primary_metric else f"{self.primary_metric},none"

@@ -16,12 +16,13 @@ LIMIT = 16
 
 
 def builtin_arc_easy() -> ConfigurableTask:
-    """lm-eval's own arc_easy.yaml, with only its data source swapped for our local loader."""
+    """lm-eval's own arc_easy.yaml, with only its data source swapped for our local loader (same rows)."""
     path = Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml"
     cfg = yaml.safe_load(path.read_text())
     cfg.pop("dataset_path"), cfg.pop("dataset_name")
     cfg["custom_dataset"] = data.load
     cfg["dataset_kwargs"] = {"benchmark": "arc_easy"}
+    cfg["training_split"] = None  # zero-shot: the local release has no train split to load
     cfg["task"] = "lm_eval_builtin_arc_easy"
     return ConfigurableTask(config=cfg)
 
