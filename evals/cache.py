@@ -28,6 +28,7 @@ from pathlib import Path
 from lm_eval.api.model import LM
 
 from evals import paths
+from evals.errors import CacheError
 
 CACHE_DIR_ENV = "PHI2EVAL_CACHE_DIR"
 COMMIT_ENV = "PHI2EVAL_CACHE_COMMIT"
@@ -45,10 +46,26 @@ def cache_dir(override: Path | None = None) -> Path:
 
 
 def model_identity(info: dict, backend: str, max_length: int | None, max_gen_toks: int | None) -> dict:
-    """What decides a model's answers to a request (the cache file is chosen by its hash)."""
-    return {"fingerprint": info.get("fingerprint") or info.get("id") or info.get("name"),
-            "dtype": info.get("dtype"), "backend": backend,
-            "max_length": max_length, "max_gen_toks": max_gen_toks}
+    """What decides a model's answers to a request (the cache file is chosen by its hash).
+
+    The fingerprint of a hub model without a known commit, or of a local folder, is a hash of its
+    config only, so the id is added, and for a folder the names, sizes and mtimes of its weight files.
+    """
+    identity = {"fingerprint": info.get("fingerprint"), "id": info.get("id") or info.get("name"),
+                "dtype": info.get("dtype"), "backend": backend, "max_length": max_length, "max_gen_toks": max_gen_toks}
+    if info.get("source") == "folder" and info.get("path"):
+        identity["weights"] = weights_stamp(Path(info["path"]))
+    return identity
+
+
+def weights_stamp(folder: Path) -> str:
+    """sha256 over (name, size, mtime) of the weight files in a model folder (cheap; no file is read)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*")):
+        if path.suffix in (".safetensors", ".bin", ".pt", ".gguf") and path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def cache_file(directory: Path, identity: dict) -> Path:
@@ -64,17 +81,24 @@ def request_key(request_type: str, args) -> str:
 
 
 class RequestCache:
-    """An SQLite table {request key: answer (JSON), truncated flag}, committed in small chunks."""
+    """An SQLite table {request key: answer (JSON), truncated flag}, written in small transactions.
+
+    Rows wait in memory until `commit_every` of them are ready (or `commit()`), so a killed run loses
+    at most that many; several processes may share the file (WAL mode, writers wait for each other).
+    """
 
     def __init__(self, path: Path, identity: dict | None = None, warn=print, commit_every: int | None = None):
         """Open (or create) the cache at `path`; a corrupt file is reported with `warn`, moved aside, rebuilt."""
         self.path = Path(path)
         self.commit_every = commit_every or int(os.environ.get(COMMIT_ENV, COMMIT_EVERY))
-        self.pending = 0
+        self.pending: list[tuple] = []
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = self._open(identity)
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.OperationalError as exc:  # locked, unwritable, ...: the file itself may be fine
+            raise CacheError(f"request cache {self.path}: {exc}; pass --cache-dir on a writable local disk "
+                             "or --no-cache") from exc
+        except sqlite3.DatabaseError as exc:  # not a database, malformed pages, unknown format
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{self.path}{suffix}")
@@ -106,7 +130,6 @@ class RequestCache:
         except BaseException:
             db.close()
             raise
-        db.execute("BEGIN")
         return db
 
     def get_many(self, keys: list[str]) -> dict[str, tuple]:
@@ -122,17 +145,22 @@ class RequestCache:
 
     def put(self, key: str, request_type: str, answer, truncated: bool) -> None:
         """Store one answer; commits every `commit_every` rows."""
-        self.db.execute("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)",
-                        (key, request_type, json.dumps(answer), int(truncated)))
-        self.pending += 1
-        if self.pending >= self.commit_every:
+        self.pending.append((key, request_type, json.dumps(answer), int(truncated)))
+        if len(self.pending) >= self.commit_every:
             self.commit()
 
     def commit(self) -> None:
-        """Make every stored row durable."""
+        """Write the buffered rows in one short transaction (other processes wait for it, not fail)."""
+        if not self.pending:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?)", self.pending)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         self.db.execute("COMMIT")
-        self.db.execute("BEGIN")
-        self.pending = 0
+        self.pending = []
 
     def rows(self) -> int:
         """Number of cached requests."""
@@ -141,7 +169,7 @@ class RequestCache:
     def close(self) -> None:
         """Commit and close."""
         if self.db is not None:
-            self.db.execute("COMMIT")
+            self.commit()
             self.db.close()
             self.db = None
 
@@ -161,6 +189,8 @@ def is_truncated(lm, request_type: str, args) -> bool:
         return False
     if request_type == "loglikelihood":
         context, continuation = args[0], args[1]
+        if _bytes(context + continuation) + 2 <= max_length + 1:  # a token covers >= 1 byte: fits for sure
+            return False
         if context == "":
             return 1 + len(lm.tok_encode(continuation, add_special_tokens=False)) > max_length + 1
         if not hasattr(lm, "_encode_pair"):
@@ -170,8 +200,14 @@ def is_truncated(lm, request_type: str, args) -> bool:
     if request_type == "generate_until":
         context, kwargs = args[0], (args[1] if len(args) > 1 and isinstance(args[1], dict) else {})
         max_gen = kwargs.get("max_gen_toks") or getattr(lm, "max_gen_toks", 256)
+        if _bytes(context) + 2 <= max_length - int(max_gen):
+            return False
         return len(lm.tok_encode(context)) > max_length - int(max_gen)
     return False  # rolling log-likelihood uses windows, nothing is cut
+
+
+def _bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
 
 
 class CachedLM(LM):

@@ -70,9 +70,11 @@ def _validate_phi2(path: Path, block) -> dict:
         raise ConfigError(f"{path}: metadata.phi2 must be a mapping with keys {', '.join(PHI2_KEYS)}")
     for key, typ in PHI2_KEYS.items():
         if key not in block:
-            raise ConfigError(f"{path}: metadata.phi2 is missing '{key}' ({typ.__name__})")
+            raise ConfigError(f"{path}: metadata.phi2 is missing '{key}' ({typ.__name__}); "
+                              "docs/DESIGN.md shows the block")
         if not isinstance(block[key], typ):
-            raise ConfigError(f"{path}: metadata.phi2.{key} must be {typ.__name__}, got {type(block[key]).__name__}")
+            raise ConfigError(f"{path}: metadata.phi2.{key} must be {typ.__name__}, got {type(block[key]).__name__}; "
+                              "fix the file")
     unknown = set(block) - set(PHI2_KEYS) - {"notes"}
     if unknown:
         raise ConfigError(f"{path}: metadata.phi2 has unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(PHI2_KEYS)}, notes")
@@ -134,7 +136,8 @@ def validate_lm_eval_keys(path: Path, data: dict, template: bool = False) -> Non
         allowed = schema[key]
         if value is not None and allowed is not None and not isinstance(value, allowed):
             names = " or ".join(sorted({t.__name__ for t in allowed} - {"NoneType"}))
-            raise ConfigError(f"{path}: key '{key}' must be {names}, got {type(value).__name__} ({value!r:.40})")
+            raise ConfigError(f"{path}: key '{key}' must be {names}, got {type(value).__name__} ({value!r:.40}); "
+                              "fix the file")
     if not template and "include" not in data and not isinstance(data.get(kind), (str, list)):
         raise ConfigError(f"{path}: missing '{kind}' (the {kind} name lm-eval registers)")
 

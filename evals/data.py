@@ -47,7 +47,8 @@ def read_local(benchmark: str, data_dir: Path, hub_path: str | None = None) -> d
         raise DataError(f"{benchmark}: malformed data under {data_dir}: {exc}") from exc
     empty = [name for name, rows in splits.items() if not rows]
     if empty:
-        raise DataError(f"{benchmark}: split(s) {', '.join(empty)} are empty under {data_dir}")
+        raise DataError(f"{benchmark}: split(s) {', '.join(empty)} are empty in {', '.join(loader.files)} under "
+                        f"{data_dir}; restore the original release files")
     return splits
 
 

@@ -15,3 +15,7 @@ class ConfigError(Phi2EvalError):
 
 class ModelError(Phi2EvalError):
     """A model cannot be found or loaded."""
+
+
+class CacheError(Phi2EvalError):
+    """The request cache cannot be opened (a corrupt one is rebuilt instead)."""

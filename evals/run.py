@@ -134,8 +134,9 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
             written.append(path)
             log(summary_line(result, path))
             if counts["truncated"]:
+                context = getattr(inner, "max_length", loaded.info["max_length"])
                 log(f"phi2eval: warning: {counts['truncated']} request(s) of {bench.name} were longer than the "
-                    f"model's context ({loaded.info['max_length']} tokens) and were cut from the left")
+                    f"model's context ({context} tokens) and were cut from the left")
     finally:
         if store is not None:
             store.close()

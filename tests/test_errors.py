@@ -1,0 +1,216 @@
+"""Bad input: one line with a hint, exit code 2, no traceback (unless --debug), no earlier result touched."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from lm_eval.api.model import LM
+
+from evals import cli
+from evals.models import LoadedModel
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE_DATA = Path(__file__).resolve().parent / "fixtures" / "data"
+ARC = "arc/ARC-Easy-Test.jsonl"
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """A config dir with only arc_easy, a data dir with the ARC fixtures, and an earlier result file."""
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO / "configs" / "models", configs / "models")
+    (configs / "tasks").mkdir()
+    shutil.copy(REPO / "configs" / "tasks" / "arc_easy.yaml", configs / "tasks")
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE_DATA / "arc", data / "arc")
+    out = tmp_path / "results"
+    earlier = out / "smollm2-135m" / "arc_easy.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"schema": "phi2eval.result/1", "benchmark": "arc_easy", "partial": false, "score": 0.5}\n')
+    monkeypatch.setenv("PHI2EVAL_CONFIG_DIR", str(configs))
+    monkeypatch.setenv("PHI2EVAL_DATA_DIR", str(data))
+    monkeypatch.setenv("PHI2EVAL_CACHE_DIR", str(tmp_path / "cache"))
+    return {"configs": configs, "data": data, "out": out, "earlier": earlier, "bytes": earlier.read_bytes(),
+            "task": configs / "tasks" / "arc_easy.yaml"}
+
+
+def fails(world, capsys, *argv) -> str:
+    """Run `phi2eval run ...`; assert exit code 2, one stderr line, the earlier result intact; return the line."""
+    code = cli.main(["run", *argv, "--output-dir", str(world["out"])])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("phi2eval:")]  # lm-eval's progress bars aside
+    assert len(lines) == 1 and lines[0].startswith("phi2eval: error: ") and "Traceback" not in stderr, stderr
+    err = lines[0]
+    print(f"\n{err}")
+    assert world["earlier"].read_bytes() == world["bytes"]
+    assert sorted(p.name for p in world["out"].rglob("*") if p.is_file()) == ["arc_easy.json"]
+    return err
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_unknown_benchmark(world, capsys):
+    err = fails(world, capsys, "arc_esay")
+    assert "unknown benchmark 'arc_esay': did you mean arc_easy?" in err
+
+
+def test_unknown_model(world, capsys):
+    err = fails(world, capsys, "arc_easy", "--model", "smollm-135")
+    assert "unknown model 'smollm-135': did you mean smollm2-135m" in err and "use a preset" in err
+
+
+def test_misspelled_task_key(world, capsys):
+    edit(world["task"], "doc_to_text:", "doc_to_txt:")
+    err = fails(world, capsys, "arc_easy")
+    assert "arc_easy.yaml: unknown key 'doc_to_txt': did you mean 'doc_to_text'?" in err
+
+
+def test_task_key_of_the_wrong_type(world, capsys):
+    edit(world["task"], "num_fewshot: 0", "num_fewshot: zero")
+    err = fails(world, capsys, "arc_easy")
+    assert "arc_easy.yaml: key 'num_fewshot' must be int, got str" in err
+
+
+def test_missing_phi2_field(world, capsys):
+    edit(world["task"], "    primary_metric: acc\n", "")
+    err = fails(world, capsys, "arc_easy")
+    assert "arc_easy.yaml: metadata.phi2 is missing 'primary_metric' (str)" in err
+
+
+def test_malformed_yaml(world, capsys):
+    edit(world["task"], "num_fewshot: 0", "num_fewshot: [0")
+    err = fails(world, capsys, "arc_easy")
+    assert "arc_easy.yaml:" in err and "malformed YAML" in err
+
+
+def test_missing_data_dir(world, capsys):
+    err = fails(world, capsys, "arc_easy", "--data-dir", str(world["data"] / "nowhere"))
+    assert "data dir" in err and "does not exist" in err
+
+
+def test_missing_data_file(world, capsys):
+    (world["data"] / ARC).unlink()
+    err = fails(world, capsys, "arc_easy")
+    assert f"missing data file {world['data'] / ARC} for arc_easy" in err and "allenai/ai2_arc" in err
+
+
+def test_malformed_data_line_names_file_and_line(world, capsys):
+    path = world["data"] / ARC
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1][:-5]
+    path.write_text("\n".join(lines) + "\n")
+    err = fails(world, capsys, "arc_easy")
+    assert f"{path}:2: not valid JSON" in err
+
+
+def test_empty_split(world, capsys):
+    (world["data"] / ARC).write_text("")
+    err = fails(world, capsys, "arc_easy")
+    assert "arc_easy: split(s) test are empty" in err
+
+
+class OOMLM(LM):
+    """A backend whose every request runs out of GPU memory."""
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    loglikelihood_rolling = generate_until = loglikelihood
+
+
+def fake_model(monkeypatch, lm: LM) -> None:
+    """Skip the model load: a fake LoadedModel and the given backend."""
+    info = {"name": "smollm2-135m", "id": "fake", "source": "gguf", "fingerprint": "sha256:fake",
+            "dtype": "float32", "device": "cpu", "max_length": 2048}
+    monkeypatch.setattr("evals.models.load_model", lambda *a, **k: LoadedModel(None, None, dict(info)))
+    monkeypatch.setattr("evals.backends.make_lm", lambda *a, **k: lm)
+
+
+def test_cuda_out_of_memory(world, capsys, monkeypatch):
+    fake_model(monkeypatch, OOMLM())
+    err = fails(world, capsys, "arc_easy")
+    assert err == "phi2eval: error: CUDA out of memory; lower --batch-size, use --dtype bfloat16 or more GPUs"
+
+
+def test_debug_shows_the_traceback(world, monkeypatch):
+    fake_model(monkeypatch, OOMLM())
+    with pytest.raises(torch.OutOfMemoryError):
+        cli.main(["--debug", "run", "arc_easy", "--output-dir", str(world["out"])])
+    assert world["earlier"].read_bytes() == world["bytes"]
+
+
+class ShortContextLM(LM):
+    """A backend with an 8-character context: every ARC prompt is cut from the left (HFLM's rule)."""
+
+    max_length = 8
+
+    def tok_encode(self, text, add_special_tokens=None):
+        return list(text)
+
+    def _encode_pair(self, context, continuation):
+        return list(context), list(continuation)
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        return [(-float(len(r.args[1])), False) for r in requests]
+
+    loglikelihood_rolling = generate_until = loglikelihood
+
+
+def test_prompts_longer_than_the_context_are_counted(world, monkeypatch, capsys):
+    fake_model(monkeypatch, ShortContextLM())
+    assert cli.main(["run", "arc_easy", "--output-dir", str(world["out"]), "--no-cache"]) == 0
+    from evals.results import read_result
+
+    result = read_result(world["earlier"])  # a complete (unlimited) run replaces the earlier complete one
+    assert result["truncated"] == result["cache"]["misses"] == 7  # fixture questions with 3 and 4 choices
+    assert "7 request(s) of arc_easy were longer than the model's context (8 tokens)" in capsys.readouterr().out
+
+
+def test_partial_run_never_replaces_a_complete_result(world, monkeypatch):
+    fake_model(monkeypatch, ShortContextLM())
+    assert cli.main(["run", "arc_easy", "--limit", "1", "--output-dir", str(world["out"])]) == 0
+    assert world["earlier"].read_bytes() == world["bytes"]
+    partial = world["earlier"].with_name("arc_easy.partial.json")
+    assert partial.is_file() and '"partial": true' in partial.read_text()
+
+
+class SecondCallOOMLM(ShortContextLM):
+    """Answers the first benchmark, runs out of memory on the second."""
+
+    calls = 0
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        SecondCallOOMLM.calls += 1
+        if SecondCallOOMLM.calls > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return super().loglikelihood(requests)
+
+
+def test_finished_benchmarks_are_saved_before_a_later_one_fails(world, monkeypatch, capsys):
+    shutil.copy(REPO / "configs" / "tasks" / "arc_challenge.yaml", world["configs"] / "tasks")
+    shutil.copytree(FIXTURE_DATA / "arc", world["data"] / "arc", dirs_exist_ok=True)
+    world["earlier"].unlink()  # (this run is complete, so it would replace it anyway)
+    fake_model(monkeypatch, SecondCallOOMLM())
+    assert cli.main(["run", "arc_easy", "arc_challenge", "--output-dir", str(world["out"]), "--no-cache"]) == 2
+    folder = world["out"] / "smollm2-135m"
+    assert sorted(p.name for p in folder.iterdir()) == ["arc_easy.json", "arc_easy.samples.jsonl"]
+    assert "CUDA out of memory" in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_the_earlier_result_and_no_temp_file(world, monkeypatch):
+    from evals import results
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        results.write_result(world["out"], "smollm2-135m", {"benchmark": "arc_easy", "partial": False}, [])
+    assert world["earlier"].read_bytes() == world["bytes"]
+    assert sorted(p.name for p in world["earlier"].parent.iterdir()) == ["arc_easy.json"]
