@@ -71,7 +71,7 @@ def build_random(preset_name: str, dtype: torch.dtype | str = "float32", device:
     n_params = sum(p.numel() for p in model.parameters())
     fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     info = {
-        "name": f"random:{preset_name}",
+        "name": f"random-{preset_name}",
         "id": f"random:{preset_name}",
         "source": "random",
         "fingerprint": f"sha256:{fingerprint}",

@@ -76,7 +76,8 @@ def build_requests(name: str, limit: int, tm, max_gen_toks: int | None) -> tuple
     from lm_eval.tasks import get_task_dict
 
     tasks = leaf_tasks(get_task_dict([name], tm))
-    per = max(1, math.ceil(limit / len(tasks)))
+    # a group (mmlu) gets whole-ish subtasks (>= 10 docs each), as in a real run, not 1 doc of each
+    per = max(math.ceil(limit / len(tasks)), min(limit, 10))
     insts, docs = [], 0
     for task in tasks:
         if docs >= limit:

@@ -20,7 +20,7 @@ import torch
 # model with logits at a few positions); deliberately pessimistic, OOM backoff handles the rest.
 CUDA_BYTES_PER_TOKEN = 512 * 1024
 CPU_DEFAULT_TOKENS = 8192
-MIN_TOKENS = 64
+MIN_TOKENS = 1
 MAX_TOKENS = 1 << 18
 
 
@@ -68,18 +68,22 @@ class TokenBudget:
     halvings: int = 0
     events: list[str] = field(default_factory=list)
 
-    def shrink(self, reason: str = "out of memory") -> None:
-        """Halve the budget (not below min_tokens) and record why."""
-        self.tokens = max(self.min_tokens, self.tokens // 2)
+    def shrink(self, failed_tokens: int | None = None, reason: str = "out of memory") -> None:
+        """Halve the budget, or half the padded size of the batch that failed if smaller
+        (so the retried batch is strictly smaller), not below min_tokens; record why."""
+        base = min(self.tokens, failed_tokens) if failed_tokens else self.tokens
+        self.tokens = max(self.min_tokens, base // 2)
         self.halvings += 1
         self.events.append(f"{reason}: budget -> {self.tokens} tokens")
 
 
-def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget: TokenBudget) -> int:
+def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget: TokenBudget,
+               keys: Sequence | None = None) -> int:
     """End index (exclusive) of the batch beginning at order[start].
 
     Items are taken in `order` (longest first) while rows x longest <= budget.tokens
-    and rows <= budget.max_rows; a batch always holds at least one item.
+    and rows <= budget.max_rows, and (if `keys` is given) while the key stays the same;
+    a batch always holds at least one item.
     """
     longest = 0
     end = start
@@ -88,17 +92,29 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
         rows = end - start + 1
         if end > start and (cand * rows > budget.tokens or (budget.max_rows and rows > budget.max_rows)):
             break
+        if end > start and keys is not None and keys[order[end]] != keys[order[start]]:
+            break
         longest = cand
         end += 1
     return end
 
 
-def plan_batches(lengths: Sequence[int], budget: TokenBudget) -> list[list[int]]:
+def sort_order(lengths: Sequence[int], keys: Sequence | None = None) -> list[int]:
+    """Item indices grouped by key (in first-seen order), longest first within a key."""
+    if keys is None:
+        return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rank: dict = {}
+    for k in keys:
+        rank.setdefault(k, len(rank))
+    return sorted(range(len(lengths)), key=lambda i: (rank[keys[i]], -lengths[i]))
+
+
+def plan_batches(lengths: Sequence[int], budget: TokenBudget, keys: Sequence | None = None) -> list[list[int]]:
     """All batches (lists of item indices, longest items first) for a fixed budget."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    order = sort_order(lengths, keys)
     batches, start = [], 0
     while start < len(order):
-        end = take_batch(lengths, order, start, budget)
+        end = take_batch(lengths, order, start, budget, keys)
         batches.append(list(order[start:end]))
         start = end
     return batches
@@ -108,20 +124,20 @@ def run_batched(
     lengths: Sequence[int],
     fn: Callable[[list[int]], list[Any]],
     budget: TokenBudget,
-    order: Sequence[int] | None = None,
+    keys: Sequence | None = None,
 ) -> list[Any]:
     """Call fn on token-budget batches of item indices; return results in item order.
 
     `fn(indices)` returns one result per index. On out-of-memory the budget is halved and
     the same items are retried in smaller batches; finished results are never recomputed.
-    A single item that does not fit even at the minimum budget re-raises the error.
+    A single item that runs out of memory twice re-raises the error. Items with different
+    `keys` never share a batch.
     """
-    if order is None:
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    order = sort_order(lengths, keys)
     results: list[Any] = [None] * len(lengths)
     start, single_failures = 0, 0
     while start < len(order):
-        end = take_batch(lengths, order, start, budget)
+        end = take_batch(lengths, order, start, budget, keys)
         idx = list(order[start:end])
         try:
             out = fn(idx)
@@ -135,7 +151,7 @@ def run_batched(
                 single_failures += 1
                 if single_failures > 1:
                     raise
-            budget.shrink()
+            budget.shrink(len(idx) * max(lengths[i] for i in idx))
             continue
         if len(out) != len(idx):
             raise RuntimeError(f"batch function returned {len(out)} results for {len(idx)} items")

@@ -25,6 +25,7 @@ Generation (greedy)
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from collections import defaultdict
 from typing import Any
@@ -50,6 +51,49 @@ log = logging.getLogger(__name__)
 
 LOGIT_CHUNK = 512  # scored positions per lm_head/log-softmax chunk
 GREEDY_IGNORED_KWARGS = {"do_sample", "temperature", "top_p", "top_k"}
+SHARE_MIN = 32  # shortest common prefix (tokens) worth running once per batch
+
+
+def common_prefix_len(seqs: list) -> int:
+    """Length of the longest common prefix of all sequences, capped at min length - 1
+    (every sequence keeps at least its last token)."""
+    first, n = seqs[0], min(len(s) for s in seqs) - 1
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def share_clusters(prefixes: list) -> tuple[list, list[int]]:
+    """Batching keys and shared lengths: sequences sorted lexicographically form clusters whose
+    common prefix is >= SHARE_MIN tokens (e.g. one MMLU subject's 5-shot prompt); the rest go
+    to one pool (key None, shared 0)."""
+    order = sorted(range(len(prefixes)), key=lambda i: prefixes[i])
+    keys: list = [None] * len(prefixes)
+    shared = [0] * len(prefixes)
+    i = 0
+    while i < len(order):
+        j, common = i + 1, None
+        while j < len(order):
+            c = common_prefix_len([prefixes[order[i]], prefixes[order[j]]]) if common is None else \
+                common_prefix_len([prefixes[order[j - 1]], prefixes[order[j]]])
+            c = c if common is None else min(common, c)
+            if c < SHARE_MIN:
+                break
+            common, j = c, j + 1
+        if j - i > 1:
+            for k in order[i:j]:
+                keys[k], shared[k] = i, common
+        i = j
+    return keys, shared
+
+
+def _out_cache(out):
+    """The KV cache of a model output (`cache` in transformers 5, `past_key_values` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 @register_model("phi2eval-fast")
@@ -95,6 +139,8 @@ class FastLM(TemplateLM):
         self.add_bos_token = None
         self.peak_memory_bytes = 0
         self.stats: dict[str, int] = defaultdict(int)
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     # ----- lm-eval plumbing (HFLM semantics) -------------------------------------------
     @property
@@ -166,8 +212,11 @@ class FastLM(TemplateLM):
                 size += len(cont) - 1
             rows.append((prefix, chunk))
         lengths = [len(p) + sum(len(c) - 1 for c in cs) for p, cs in rows]
+        # rows sharing a few-shot prefix are batched together (the prefix then runs once per batch);
+        # lengths stay full: the expanded prefix KV cache costs memory in every row
+        clusters, _ = share_clusters([p for p, _ in rows])
         with torch.inference_mode():
-            per_row = run_batched(lengths, lambda idx: self._score_rows([rows[i] for i in idx]), self.budget)
+            per_row = run_batched(lengths, lambda idx: self._score_rows([rows[i] for i in idx]), self.budget, clusters)
         answers = {}
         for (prefix, conts), row_res in zip(rows, per_row):
             for cont, ans in zip(conts, row_res):
@@ -180,19 +229,24 @@ class FastLM(TemplateLM):
         return res
 
     def _score_rows(self, rows: list[tuple[tuple, list[tuple]]]) -> list[list[tuple[float, bool]]]:
-        """One forward over packed rows; returns per row, per continuation (logprob, is_greedy)."""
+        """One forward over packed rows; returns per row, per continuation (logprob, is_greedy).
+
+        If all rows start with the same >= SHARE_MIN tokens (few-shot examples), that prefix
+        runs once and its KV cache is expanded to every row."""
         dev = self._device
         B = len(rows)
-        T = max(len(p) + sum(len(c) - 1 for c in cs) for p, cs in rows)
+        S = common_prefix_len([p for p, _ in rows]) if B > 1 else 0
+        S = S if S >= SHARE_MIN else 0
+        T = max(len(p) - S + sum(len(c) - 1 for c in cs) for p, cs in rows)
         ids = torch.zeros(B, T, dtype=torch.long)
         pos = torch.zeros(B, T, dtype=torch.long)
         seg = torch.full((B, T), -1, dtype=torch.long)
         flat_pos, pair_pos, pair_tgt, pair_req = [], [], [], []
         n_req = 0
         for b, (prefix, conts) in enumerate(rows):
-            p = len(prefix)
-            ids[b, :p] = torch.tensor(prefix)
-            pos[b, :p] = torch.arange(p)
+            p = len(prefix) - S  # own context tokens in this row
+            ids[b, :p] = torch.tensor(prefix[S:])
+            pos[b, :p] = torch.arange(S, S + p)
             seg[b, :p] = 0
             last_ctx = len(flat_pos)
             flat_pos.append(b * T + p - 1)
@@ -200,7 +254,7 @@ class FastLM(TemplateLM):
             for j, cont in enumerate(conts):
                 n = len(cont) - 1
                 ids[b, t:t + n] = torch.tensor(cont[:-1], dtype=torch.long)
-                pos[b, t:t + n] = torch.arange(p, p + n)
+                pos[b, t:t + n] = torch.arange(S + p, S + p + n)
                 seg[b, t:t + n] = j + 1
                 # hidden at last context token predicts cont[0]; at block offset o predicts cont[o+1]
                 pair_pos.append(last_ctx)
@@ -211,18 +265,27 @@ class FastLM(TemplateLM):
                 pair_req.extend([n_req] * len(cont))
                 n_req += 1
                 t += n
+        self.stats["ll_real_tokens"] += int((seg >= 0).sum())
+        ids, pos, seg = ids.to(dev), pos.to(dev), seg.to(dev)
         valid = seg >= 0
         allowed = (pos[:, None, :] <= pos[:, :, None]) & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
         allowed &= valid[:, None, :] & valid[:, :, None]
-        allowed |= torch.eye(T, dtype=torch.bool)[None]  # padding rows attend to themselves (no NaN)
+        allowed |= torch.eye(T, dtype=torch.bool, device=dev)[None]  # padding rows attend to themselves (no NaN)
         dtype = self.model.dtype
-        mask = torch.zeros(B, 1, T, T, dtype=dtype)
-        mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        mask = torch.zeros(B, 1, T, S + T, dtype=dtype, device=dev)
+        mask[..., S:].masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+        kw = {}
+        if S:
+            pre = self.model.base_model(input_ids=torch.tensor([rows[0][0][:S]], device=dev), use_cache=True)
+            cache = _out_cache(pre)
+            cache.batch_repeat_interleave(B)
+            kw = {self._cache_kw: cache}
+            self.stats["ll_shared_prefix_tokens"] += S
         hidden = self.model.base_model(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw
         ).last_hidden_state
+        del mask, allowed
         self.stats["ll_forward_tokens"] += B * T
-        self.stats["ll_real_tokens"] += int(valid.sum())
         h = hidden.reshape(B * T, -1)[torch.tensor(flat_pos, device=dev)]
         del hidden
         pp = torch.tensor(pair_pos, device=dev)
@@ -308,9 +371,10 @@ class FastLM(TemplateLM):
             greedy = self._plain_greedy(kwargs)
             fn = (lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen)) if greedy else \
                 (lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs))
+            clusters, _ = share_clusters(prompts)
             lengths = [len(p) + max_gen for p in prompts]
             with torch.inference_mode():
-                texts = run_batched(lengths, fn, self.budget)
+                texts = run_batched(lengths, fn, self.budget, clusters)
             for i, text in zip(idxs, texts):
                 res[i] = text
                 self.cache_hook.add_partial("generate_until", args[i], text)
@@ -340,17 +404,31 @@ class FastLM(TemplateLM):
         return True
 
     def _greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int) -> list[str]:
-        """Greedy decode one left-padded batch; rows leave the batch when finished."""
-        ids, mask = self._left_pad(prompts)
+        """Greedy decode one left-padded batch; rows leave the batch when finished.
+
+        A common prefix of >= SHARE_MIN tokens (few-shot examples) is prefilled once and its
+        KV cache expanded to all rows; the rest of each prompt is left padded after it."""
         B = len(prompts)
-        pos = mask.cumsum(-1) - 1
+        S = common_prefix_len(prompts) if B > 1 else 0
+        S = S if S >= SHARE_MIN else 0
+        kw = {}
+        if S:
+            pre = self.model(input_ids=torch.tensor([prompts[0][:S]], device=self._device), use_cache=True,
+                             logits_to_keep=1)
+            cache = _out_cache(pre)
+            cache.batch_repeat_interleave(B)
+            kw = {self._cache_kw: cache}
+            self.stats["gen_shared_prefix_tokens"] += S
+        ids, mask = self._left_pad([p[S:] for p in prompts])
+        pos = mask.cumsum(-1) - 1 + S
         pos.masked_fill_(mask == 0, 1)
+        mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
         eos = self._eos_ids()
         gen: list[list[int]] = [[] for _ in range(B)]
         texts = [""] * B
         active = list(range(B))  # original row of each live batch row
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
+        cache = _out_cache(out)
         next_pos = pos[:, -1:] + 1
         self.stats["gen_prefill_tokens"] += ids.numel()
         while True:
@@ -375,7 +453,7 @@ class FastLM(TemplateLM):
                 active = [active[k] for k in keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = self.model(input_ids=step, attention_mask=mask, position_ids=next_pos,
-                             cache=cache, use_cache=True, logits_to_keep=1)
+                             use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
             next_pos = next_pos + 1
         return [postprocess_generated_text(self.tok_decode(g), until, None) for g in gen]
 
