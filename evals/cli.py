@@ -103,10 +103,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per batch (default: hf 16; fast batches to a token budget)")
     p.add_argument("--no-exec", action="store_true",
                    help="do not execute generated code (humaneval, mbpp): save generations for `phi2eval score`")
-    p.add_argument("--max-gen-toks", type=int, default=256, help="generation limit for generative tasks whose YAML sets none (bbh 512, gsm8k 256, squad_v2 32 set their own)")
+    p.add_argument("--max-gen-toks", type=int, default=None,
+                   help="override every generative task's token limit (recorded in the result); default: each "
+                        "YAML's own (bbh 512, gsm8k 256, squad_v2 32, humaneval/mbpp 512)")
     _add_cache_dir(p)
     p.add_argument("--no-cache", action="store_true",
                    help="neither reuse nor store finished requests (default: cache them, so a rerun resumes)")

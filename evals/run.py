@@ -15,6 +15,7 @@ from pathlib import Path
 from evals import config, data, paths, results
 from evals.errors import ConfigError, DataError, ModelError, Phi2EvalError
 
+DEFAULT_MAX_GEN_TOKS = 256  # generation limit of tasks whose YAML sets none
 PACKAGES = ("phi2-repro", "torch", "transformers", "lm_eval", "datasets", "accelerate", "gguf", "numpy")
 
 
@@ -26,11 +27,11 @@ class RunOptions:
     limit: int | dict | None = None  # per task; a dict gives one limit per benchmark name
     data_dir: Path | None = None
     output_dir: Path = field(default_factory=paths.default_results_dir)
-    backend: str = "hf"
+    backend: str = "fast"
     device: str | None = None
     dtype: str | None = None
-    batch_size: int = 16
-    max_gen_toks: int = 256
+    batch_size: int | None = None
+    max_gen_toks: int | None = None  # overrides every generative task's limit (recorded); None: the YAML's
     cache: bool = True  # reuse/store finished requests in the request cache (evals/cache.py)
     cache_dir: Path | None = None  # default .cache/phi2eval or $PHI2EVAL_CACHE_DIR
 
@@ -115,7 +116,7 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     procs = f"; {world.size} processes (data parallel)" if world.size > 1 else ""
     log(f"phi2eval: loaded {loaded.info['name']} ({loaded.info['source']}) on {loaded.info['device']} "
         f"{loaded.info['dtype']} in {time.time() - t0:.1f} s; backend {opts.backend}{procs}")
-    inner = make_lm(opts.backend, loaded, batch_size=opts.batch_size, max_gen_toks=opts.max_gen_toks)
+    inner = make_lm(opts.backend, loaded, batch_size=opts.batch_size, max_gen_toks=opts.max_gen_toks or DEFAULT_MAX_GEN_TOKS)
     store = open_cache(opts, loaded.info, inner, world, log) if opts.cache else None
     counter = request_cache.CachedLM(inner, store)
     lm = distributed.DistributedLM(counter, world) if world.size > 1 else counter
@@ -150,7 +151,7 @@ def open_cache(opts: RunOptions, info: dict, inner, world, log):
     from evals import distributed
 
     identity = request_cache.model_identity(info, opts.backend, getattr(inner, "max_length", None),
-                                            getattr(inner, "max_gen_toks", opts.max_gen_toks))
+                                            getattr(inner, "max_gen_toks", opts.max_gen_toks or DEFAULT_MAX_GEN_TOKS))
     path = request_cache.cache_file(request_cache.cache_dir(opts.cache_dir), identity)
     if world.local_rank != 0:
         distributed.barrier(world)
@@ -178,6 +179,7 @@ def run_one(bench: config.Benchmark, lm, tm, model_info: dict, opts: RunOptions,
     start = time.time()
     out = lm_eval.simple_evaluate(model=lm, tasks=[bench.name], task_manager=tm, limit=limit,
                                   log_samples=True, bootstrap_iters=1000, confirm_run_unsafe_code=True,
+                                  gen_kwargs={"max_gen_toks": opts.max_gen_toks} if opts.max_gen_toks else None,
                                   verbosity="ERROR")
     wall = time.time() - start
     if out is None:  # not rank 0 of a data-parallel run: rank 0 has the gathered results
@@ -200,11 +202,13 @@ def run_one(bench: config.Benchmark, lm, tm, model_info: dict, opts: RunOptions,
                          "metrics": metric_table(out["results"].get(t, {}))} for t in bench.subtasks},
         "protocol": {"shots": bench.shots, "split": bench.split, "protocol": bench.protocol,
                      "source": bench.source, "config_file": str(bench.path.relative_to(paths.config_dir().parent)),
-                     "config_sha256": config.config_sha256(bench)},
+                     "config_sha256": config.config_sha256(bench),
+                     "max_gen_toks_override": opts.max_gen_toks},
         "model": {k: v for k, v in {**model_info, "backend": opts.backend}.items() if k != "path"},
         "data": {"source": "local" if data_dir else "hub", "hub_path": bench.hub_path,
                  "files": data.file_hashes([bench.name, *bench.subtasks], data_dir) if data_dir else {}},
         "env": environment(model_info.get("device", "cpu")),
+        "runner": runner_stats(lm),
         "wall_time_s": round(wall, 2),
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -224,6 +228,18 @@ def in_doc_order(logged: list[dict]) -> list[dict]:
     for s in logged:
         filters.setdefault(s.get("filter"), len(filters))
     return sorted(logged, key=lambda s: (filters[s.get("filter")], s.get("doc_id") or 0))
+
+
+def runner_stats(lm) -> dict:
+    """What the backend reports about its work (peak memory, token budget, OOM retries), if anything."""
+    while hasattr(lm, "inner"):  # unwrap the cache and data-parallel wrappers
+        lm = lm.inner
+    stats = {"backend_class": type(lm).__name__}
+    if hasattr(lm, "peak_memory_bytes"):
+        budget = getattr(lm, "budget", None)
+        stats.update(peak_memory_bytes=lm.peak_memory_bytes, token_budget=getattr(budget, "tokens", None),
+                     oom_events=list(getattr(budget, "events", [])), **dict(getattr(lm, "stats", {})))
+    return stats
 
 
 def finite(value: float | None) -> float | None:

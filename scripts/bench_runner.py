@@ -227,12 +227,16 @@ def main(argv=None) -> int:
     p.add_argument("--token-budget", type=int, default=None, help="FastLM token budget (default: auto)")
     p.add_argument("--max-gen-toks", type=int, default=None, help="override generation length for both")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 avoids OpenMP stalls on a shared, oversubscribed CPU)")
     p.add_argument("--tasks-dir", default=str(ROOT / "configs" / "tasks"))
     p.add_argument("--out", default=None, help="JSON path (default results/bench/<date>_<device>_<model>.json)")
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.hf_batch_size = args.hf_batch_size or (64 if args.device.startswith("cuda") else 16)
     os.environ.setdefault("PHI2EVAL_DATA_DIR", str(Path("/work/shared/data")))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -256,7 +260,7 @@ def main(argv=None) -> int:
         "device": args.device, "device_name": dev_name, "host_cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
         "model": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
-        "dtype": args.dtype, "hf_batch_size": args.hf_batch_size, "fast_token_budget": fast.budget.tokens,
+        "dtype": args.dtype, "torch_threads": torch.get_num_threads(), "hf_batch_size": args.hf_batch_size, "fast_token_budget": fast.budget.tokens,
         "limit": args.limit, "repeats": args.repeats, "model_load_s": round(load_s, 1),
         "non_embedding_params": n_params, "tasks": {},
     }

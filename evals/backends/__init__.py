@@ -1,18 +1,23 @@
 """Backends: an lm-eval `LM` around an already-loaded model. The runner knows nothing else."""
 
 BACKENDS = ("fast", "hf")
-DEFAULT_BACKEND = "hf"
+DEFAULT_BACKEND = "fast"
+HF_BATCH_SIZE = 16
 
 
-def make_lm(backend: str, loaded, batch_size: int | str = 16, max_gen_toks: int = 256):
-    """Build the lm-eval LM named `backend` ('hf' = lm-eval's HFLM, 'fast' = ours) for `loaded`."""
+def make_lm(backend: str, loaded, batch_size: int | None = None, max_gen_toks: int = 256,
+            token_budget: int | None = None):
+    """Build the lm-eval LM named `backend` ('fast' = ours, 'hf' = lm-eval's HFLM) for `loaded`.
+
+    `batch_size` caps rows per batch (None: 16 for hf; the token budget alone for fast).
+    """
     if backend == "hf":
         from evals.backends.hf import make_hflm
 
-        return make_hflm(loaded, batch_size=batch_size, max_gen_toks=max_gen_toks)
+        return make_hflm(loaded, batch_size=batch_size or HF_BATCH_SIZE, max_gen_toks=max_gen_toks)
     if backend == "fast":
         from evals.backends.fast import FastLM
 
-        return FastLM(loaded.model, loaded.tokenizer, batch_size=batch_size,
-                      max_length=loaded.info["max_length"], max_gen_toks=max_gen_toks)
+        return FastLM(loaded.model, loaded.tokenizer, batch_size=batch_size, max_length=loaded.info["max_length"],
+                      token_budget=token_budget, max_gen_toks=max_gen_toks)
     raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

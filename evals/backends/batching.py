@@ -64,6 +64,8 @@ class TokenBudget:
 
     tokens: int
     max_rows: int | None = None
+    # a row shorter than longest / max_pad_ratio starts a new batch (limits padding waste)
+    max_pad_ratio: float | None = 1.5
     min_tokens: int = MIN_TOKENS
     halvings: int = 0
     events: list[str] = field(default_factory=list)
@@ -81,8 +83,9 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
                keys: Sequence | None = None) -> int:
     """End index (exclusive) of the batch beginning at order[start].
 
-    Items are taken in `order` (longest first) while rows x longest <= budget.tokens
-    and rows <= budget.max_rows, and (if `keys` is given) while the key stays the same;
+    Items are taken in `order` (longest first) while rows x longest <= budget.tokens,
+    rows <= budget.max_rows, the item is not much shorter than the longest
+    (budget.max_pad_ratio) and (if `keys` is given) the key stays the same;
     a batch always holds at least one item.
     """
     longest = 0
@@ -93,6 +96,8 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
         if end > start and (cand * rows > budget.tokens or (budget.max_rows and rows > budget.max_rows)):
             break
         if end > start and keys is not None and keys[order[end]] != keys[order[start]]:
+            break
+        if end > start and budget.max_pad_ratio and longest > budget.max_pad_ratio * lengths[order[end]]:
             break
         longest = cand
         end += 1

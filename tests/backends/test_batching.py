@@ -19,6 +19,17 @@ def test_batches_respect_budget_and_cover_everything():
     assert batches[0][0] == 1
 
 
+def test_much_shorter_items_start_a_new_batch():
+    batches = plan_batches([100, 90, 40, 35], TokenBudget(10_000))
+    assert batches == [[0, 1], [2, 3]]
+    assert len(plan_batches([100, 90, 40, 35], TokenBudget(10_000, max_pad_ratio=None))) == 1
+
+
+def test_keys_never_share_a_batch():
+    batches = plan_batches([5, 5, 5, 5], TokenBudget(100), keys=["a", None, "a", None])
+    assert sorted(map(sorted, batches)) == [[0, 2], [1, 3]]
+
+
 def test_item_longer_than_budget_gets_its_own_batch():
     batches = plan_batches([500, 10, 10], TokenBudget(100))
     assert batches[0] == [0]
@@ -80,5 +91,5 @@ def test_single_item_oom_twice_raises():
 
 def test_results_in_item_order_not_batch_order():
     lengths = [1, 5, 3]
-    out = run_batched(lengths, lambda idx: [f"r{i}" for i in idx], TokenBudget(4))
+    out = run_batched(lengths, lambda idx: [f"r{i}" for i in idx], TokenBudget(4, max_pad_ratio=None))
     assert out == ["r0", "r1", "r2"]

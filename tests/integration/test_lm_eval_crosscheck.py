@@ -1,4 +1,5 @@
-"""ARC-Easy: this harness and lm-eval's built-in arc_easy task give the same per-sample predictions."""
+"""ARC-Easy: this harness (its YAML, loader and default fast backend) and lm-eval's built-in arc_easy
+task scored by lm-eval's own HF backend give the same per-sample predictions."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import yaml
 from lm_eval.api.task import ConfigurableTask
 
 from evals import config, data
-from evals.backends import make_lm
+from evals.backends import DEFAULT_BACKEND, make_lm
 from evals.run import RunOptions, run_one, task_manager
 
 pytestmark = pytest.mark.integration
@@ -28,17 +29,20 @@ def builtin_arc_easy() -> ConfigurableTask:
 
 
 def test_same_predictions_as_lm_eval_builtin(shared_data, embedded_model):
-    lm = make_lm("hf", embedded_model, batch_size=16)
     ours_bench = config.select(["arc_easy"])[0]
-    ours, samples = run_one(ours_bench, lm, task_manager(), embedded_model.info, RunOptions(limit=LIMIT), shared_data)
+    ours, samples = run_one(ours_bench, make_lm(DEFAULT_BACKEND, embedded_model), task_manager(),
+                            embedded_model.info, RunOptions(limit=LIMIT), shared_data)
+    assert ours["runner"]["backend_class"] == "FastLM"
     builtin = builtin_arc_easy()
     assert builtin.config.doc_to_text == yaml.safe_load(ours_bench.path.read_text().replace("!function", ""))["doc_to_text"]
-    out = lm_eval.simple_evaluate(model=lm, tasks=[builtin], limit=LIMIT, log_samples=True, verbosity="ERROR")
+    hf = make_lm("hf", embedded_model)
+    out = lm_eval.simple_evaluate(model=hf, tasks=[builtin], limit=LIMIT, log_samples=True, verbosity="ERROR")
     theirs = sorted(out["samples"]["lm_eval_builtin_arc_easy"], key=lambda s: s["doc_id"])
     mine = sorted(samples, key=lambda s: s["doc_id"])
     assert len(theirs) == len(mine) == LIMIT
     for a, b in zip(mine, theirs):
         lls = [r[0] for r in b["filtered_resps"]]
         assert a["prediction"] == max(range(len(lls)), key=lls.__getitem__)
+        assert max(abs(x - y) for x, y in zip(a["loglikelihoods"], lls)) < 1e-4
         assert a["correct"] == b["acc"]
     assert ours["score"] == out["results"]["lm_eval_builtin_arc_easy"]["acc,none"]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from evals import config
-from evals.backends import make_lm
+from evals.backends import DEFAULT_BACKEND, make_lm
 from evals.run import RunOptions, prepare, run_one, task_manager
 from evals import results
 
@@ -18,7 +18,7 @@ LIMITS = {"piqa": 12, "winogrande": 12, "arc_easy": 12, "arc_challenge": 12, "si
 
 @pytest.fixture(scope="module")
 def lm(embedded_model):
-    return make_lm("hf", embedded_model, batch_size=16)
+    return make_lm(DEFAULT_BACKEND, embedded_model)
 
 
 @pytest.mark.parametrize("name", list(LIMITS))

@@ -1,0 +1,195 @@
+"""FastLM gives HFLM's answers: log-likelihoods within 1e-4, identical greedy generations.
+
+Uses the embedded SmolLM2-135M in float32 on CPU (session fixtures in conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+
+from evals.backends import batching
+from evals.backends.fast import FastLM, common_prefix_len, share_clusters
+
+FEWSHOT = "The following are questions with answers.\n\n" + "".join(
+    f"Q: What is {i} plus {i}?\nA: {2 * i}\n\n" for i in range(10)
+)
+CONTEXTS = [
+    "The capital of France is",
+    "A cat sat on the ",            # trailing space moves into the continuation
+    "Question: Is the sky blue?\nAnswer:",
+    FEWSHOT + "Q: What is 3 plus 1?\nA:",   # shared few-shot prefix (prefix KV reuse)
+    FEWSHOT + "Q: What is 7 plus 2?\nA:",
+    FEWSHOT + "Q: What is 12 plus 30?\nA:",
+]
+CONTINUATIONS = [" Paris", " London, a city of many bridges", "mat", " mat.", " yes", " no", " 4", "\n\nThe end."]
+
+
+def _inst(kind, args, i=0):
+    return Instance(request_type=kind, doc={}, arguments=args, idx=i, metadata=("t", i, 1))
+
+
+def _ll_requests():
+    reqs = [_inst("loglikelihood", (c, x)) for c in CONTEXTS for x in CONTINUATIONS]
+    reqs.append(_inst("loglikelihood", ("", " An empty context scores after BOS.")))
+    reqs.append(_inst("loglikelihood", ("The capital of France is", " Paris")))  # duplicate request
+    return reqs
+
+
+@pytest.fixture(scope="module")
+def fast(smol):
+    model, tok = smol
+    return FastLM(model, tok, max_length=2048, token_budget=2048)
+
+
+@pytest.fixture(scope="module")
+def hf_ll(hf_lm):
+    return hf_lm.loglikelihood(_ll_requests(), disable_tqdm=True)
+
+
+def _assert_same_ll(got, ref):
+    assert len(got) == len(ref)
+    for (lp, greedy), (rlp, rgreedy) in zip(got, ref):
+        assert abs(lp - rlp) < 1e-4
+        assert greedy == rgreedy
+
+
+def test_loglikelihood_matches_hf(fast, hf_ll):
+    _assert_same_ll(fast.loglikelihood(_ll_requests(), disable_tqdm=True), hf_ll)
+    assert fast.stats["ll_shared_prefix_tokens"] > 0  # the few-shot prefix was shared
+
+
+def test_loglikelihood_tokenisation_matches_hf(fast, hf_lm):
+    for c in CONTEXTS[:3]:
+        for x in CONTINUATIONS:
+            assert fast._encode_pair(c, x) == hf_lm._encode_pair(c, x)
+            assert fast.tok_encode(c + x) == hf_lm.tok_encode(c + x)
+
+
+def test_tiny_budget_gives_same_answers(smol, hf_ll):
+    model, tok = smol
+    lm = FastLM(model, tok, max_length=2048, token_budget=16)  # one row per batch
+    _assert_same_ll(lm.loglikelihood(_ll_requests(), disable_tqdm=True), hf_ll)
+
+
+def test_left_truncation_matches_hf(smol):
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = smol
+    hf = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=24, device="cpu")
+    lm = FastLM(model, tok, max_length=24)
+    reqs = [_inst("loglikelihood", (FEWSHOT, x)) for x in CONTINUATIONS]
+    _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
+
+
+def test_oom_backoff_gives_complete_identical_results(smol, hf_ll, monkeypatch):
+    model, tok = smol
+    lm = FastLM(model, tok, max_length=2048, token_budget=4096)
+    real = lm._score_rows
+    calls = {"n": 0}
+
+    def flaky(rows):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(rows)
+
+    monkeypatch.setattr(lm, "_score_rows", flaky)
+    _assert_same_ll(lm.loglikelihood(_ll_requests(), disable_tqdm=True), hf_ll)
+    assert lm.budget.halvings == 1 and lm.budget.tokens < 4096
+
+
+def test_generation_oom_backoff(smol, monkeypatch):
+    model, tok = smol
+    lm = FastLM(model, tok, max_length=2048, token_budget=4096)
+    reqs = [_inst("generate_until", (c, {"until": ["\n"], "max_gen_toks": 8, "do_sample": False})) for c in CONTEXTS]
+    ref = lm.generate_until(reqs)
+    real = lm._greedy_batch
+    calls = {"n": 0}
+
+    def flaky(*a):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return real(*a)
+
+    monkeypatch.setattr(lm, "_greedy_batch", flaky)
+    assert lm.generate_until(reqs) == ref
+    assert lm.budget.halvings == 1
+
+
+GEN_PROMPTS = [
+    "Q: What is the capital of France?\nA:",
+    "def fibonacci(n):",
+    "1, 2, 3, 4,",
+    "Write a short poem about the sea.\n",
+    FEWSHOT + "Q: What is 5 plus 5?\nA:",
+    FEWSHOT + "Q: What is 11 plus 4?\nA:",
+]
+
+
+@pytest.mark.parametrize("gen_kwargs", [
+    {"until": ["\n\n", "Q:"], "max_gen_toks": 24, "do_sample": False},
+    {"until": [","], "max_gen_toks": 12, "temperature": 0.0},
+    {"until": "\n", "max_gen_toks": 5},
+])
+def test_greedy_generation_identical_to_hf(fast, hf_lm, gen_kwargs):
+    reqs = [_inst("generate_until", (p, dict(gen_kwargs)), i) for i, p in enumerate(GEN_PROMPTS)]
+    ref = hf_lm.generate_until(reqs, disable_tqdm=True)
+    got = fast.generate_until(reqs, disable_tqdm=True)
+    assert got == ref
+
+
+def test_generation_tokens_identical_to_hf_generate(fast, smol):
+    """Token for token: no stop sequence hit, full max_gen_toks, compared with HF generate."""
+    model, tok = smol
+    prompts = ["The history of Rome", "Once upon a time", "import numpy as np\n"]
+    for p in prompts:
+        ids = tok(p, return_tensors="pt")["input_ids"]
+        ref = model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+        got = fast._greedy_batch([ids[0].tolist()], ["@@never@@"], 16)
+        assert got[0] == tok.decode(ref, skip_special_tokens=True)
+
+
+def test_stop_final_waits_for_longer_stop():
+    # "\n\n" is present but "a\n\nb" might still complete and cut earlier
+    assert not FastLM._stop_final("xa\n\n", ["a\n\nb", "\n\n"])
+    assert FastLM._stop_final("xa\n\nc", ["a\n\nb", "\n\n"])
+    assert FastLM._stop_final("hello\n\n", ["\n\n"])
+    assert not FastLM._stop_final("hello", ["\n\n"])
+
+
+def test_prefix_helpers():
+    assert common_prefix_len([[1, 2, 3], [1, 2, 4]]) == 2
+    assert common_prefix_len([[1, 2], [1, 2, 3]]) == 1  # every row keeps a token
+    a = [7] * 40
+    keys, shared = share_clusters([a + [1], [5, 6], a + [2, 3]])
+    assert keys[0] == keys[2] is not None and keys[1] is None
+    assert shared[0] == shared[2] == 40 and shared[1] == 0
+
+
+def test_registered_with_lm_eval():
+    from lm_eval.api.registry import get_model
+
+    assert get_model("phi2eval-fast") is FastLM
+
+
+def test_peak_memory_recorded(fast):
+    fast.loglikelihood([_inst("loglikelihood", ("Hello", " world"))], disable_tqdm=True)
+    assert fast.peak_memory_bytes > 0
+
+
+def test_random_tiny_phi_matches_hf():
+    """Phi architecture (partial rotary) through the packed path: random tiny model."""
+    from lm_eval.models.huggingface import HFLM
+
+    from evals.random_model import build_random
+
+    model, tok, info = build_random("tiny-phi", "float32", "cpu")
+    assert info["random_weights"] is True and model.config.vocab_size >= len(tok)
+    hf = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=info["max_length"], device="cpu")
+    lm = FastLM(model, tok, max_length=info["max_length"])
+    reqs = [_inst("loglikelihood", (c, x)) for c in CONTEXTS[2:5] for x in CONTINUATIONS[:4]]
+    _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
+    g = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6})) for p in GEN_PROMPTS[:3]]
+    assert lm.generate_until(g) == hf.generate_until(g)
