@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     args.hf_batch_size = args.hf_batch_size or (64 if args.device.startswith("cuda") else 16)
-    os.environ.setdefault("PHI2EVAL_DATA_DIR", str(Path("/work/shared/data")))
+    os.environ.setdefault("PHI2EVAL_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -256,10 +256,10 @@ def main(argv=None) -> int:
     report = {
         "schema": "phi2eval.bench/1",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+        "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "device": args.device, "device_name": dev_name, "host_cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
-        "model": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))},
+        "model": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) and k != "path"},
         "dtype": args.dtype, "torch_threads": torch.get_num_threads(), "hf_batch_size": args.hf_batch_size, "fast_token_budget": fast.budget.tokens,
         "limit": args.limit, "repeats": args.repeats, "model_load_s": round(load_s, 1),
         "non_embedding_params": n_params, "tasks": {},

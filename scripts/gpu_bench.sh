@@ -17,7 +17,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [ -z "${PHI2EVAL_DATA_DIR:-}" ]; then
-  for d in shared/data ../shared/data /work/shared/data; do
+  for d in shared/data ../shared/data; do
     if [ -f "$d/MANIFEST.md" ]; then export PHI2EVAL_DATA_DIR=$(cd "$d" && pwd); break; fi
   done
 fi
