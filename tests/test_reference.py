@@ -95,7 +95,7 @@ def test_suite_groups_exactly_as_the_announcement():
         "language": [("hellaswag", "acc_norm"), ("openbookqa", "acc_norm"), ("mmlu", "acc"),
                      ("squad_v2", "f1"), ("boolq", "acc")],
         "math": [("gsm8k", "exact_match,strict-match")],
-        "coding": [("humaneval", "pass@1"), ("mbpp", "pass@1")],
+        "coding": [("humaneval", "pass@1,exec"), ("mbpp", "pass@1,exec")],
     }
     assert suite["aggregation"] == "unweighted_mean"
     assert len(suite_benchmarks(suite)) == 14
