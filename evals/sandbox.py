@@ -110,8 +110,15 @@ work = cfg["workdir"]
 if "mount" in iso:
     mount(None, "/", None, REC | PRIVATE)
     # the interpreter's directories, re-exposed if an ancestor is closed to other users (/root)
+    # (and any under /tmp, /var/tmp or /dev/shm, which the private tmpfs below would cover)
     keep, hide = [], set()
-    for path in cfg["keep"] if root else []:
+    covered = ("/tmp/", "/var/tmp/", "/dev/shm/")
+    for path in cfg["keep"]:
+        if (path + "/").startswith(covered):
+            keep.append((path, os.open(path, os.O_PATH)))
+            continue
+        if not root:
+            continue
         parts = path.strip("/").split("/")
         for i in range(1, len(parts)):
             anc = "/" + "/".join(parts[:i])

@@ -9,6 +9,7 @@ that already finished are kept.
 from __future__ import annotations
 
 import gc
+import os
 import resource
 import sys
 from dataclasses import dataclass, field
@@ -24,8 +25,13 @@ MIN_TOKENS = 1
 MAX_TOKENS = 1 << 18
 
 
+BUDGET_ENV = "PHI2EVAL_TOKEN_BUDGET"
+
+
 def default_budget(device: torch.device | str, bytes_per_token: int = CUDA_BYTES_PER_TOKEN) -> int:
-    """Token budget for one batch: from free CUDA memory, or a fixed default on CPU."""
+    """Token budget for one batch: $PHI2EVAL_TOKEN_BUDGET, else from free CUDA memory, else a CPU default."""
+    if os.environ.get(BUDGET_ENV, "").isdigit():
+        return max(MIN_TOKENS, min(MAX_TOKENS, int(os.environ[BUDGET_ENV])))
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         free, _total = torch.cuda.mem_get_info(device)
