@@ -38,3 +38,11 @@ def embedded_model():
     from evals.models import load_model
 
     return load_model("smollm2-135m", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def embedded_lm(embedded_model):
+    """The default backend around the embedded model (shared by the integration tests)."""
+    from evals.backends import DEFAULT_BACKEND, make_lm
+
+    return make_lm(DEFAULT_BACKEND, embedded_model)

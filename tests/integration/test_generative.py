@@ -5,7 +5,6 @@ import json
 import pytest
 
 from evals import config, results
-from evals.backends import DEFAULT_BACKEND, make_lm
 from evals.run import RunOptions, prepare, run_one, task_manager
 
 pytestmark = pytest.mark.integration
@@ -16,17 +15,12 @@ LIMITS = {"gsm8k": 3, "squad_v2": 6, "bbh": 1, "humaneval": 3, "mbpp": 3}
 GEN_LIMITS = {"bbh": 96, "humaneval": 96, "mbpp": 96}
 
 
-@pytest.fixture(scope="module")
-def lm(embedded_model):
-    return make_lm(DEFAULT_BACKEND, embedded_model)
-
-
 @pytest.mark.parametrize("name", list(LIMITS))
-def test_generative_benchmark_on_real_data(name, shared_data, embedded_model, lm, tmp_path):
+def test_generative_benchmark_on_real_data(name, shared_data, embedded_model, embedded_lm, tmp_path):
     bench = config.select([name])[0]
     tm = task_manager()
     built = prepare([bench], tm)
-    result, samples = run_one(bench, lm, tm, embedded_model.info, RunOptions(limit=LIMITS[name], max_gen_toks=GEN_LIMITS.get(name)), shared_data,
+    result, samples = run_one(bench, embedded_lm, tm, embedded_model.info, RunOptions(limit=LIMITS[name], max_gen_toks=GEN_LIMITS.get(name)), shared_data,
                               built[name])
     path = results.write_result(tmp_path, "smollm2-135m", result, samples)
     saved = json.loads(path.read_text())

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from evals import config
-from evals.backends import DEFAULT_BACKEND, make_lm
 from evals.run import RunOptions, prepare, run_one, task_manager
 from evals import results
 
@@ -16,18 +15,13 @@ LIMITS = {"piqa": 12, "winogrande": 12, "arc_easy": 12, "arc_challenge": 12, "si
           "hellaswag": 8, "openbookqa": 12, "mmlu": 1, "boolq": 8}
 
 
-@pytest.fixture(scope="module")
-def lm(embedded_model):
-    return make_lm(DEFAULT_BACKEND, embedded_model)
-
-
 @pytest.mark.parametrize("name", list(LIMITS))
-def test_benchmark_on_real_data(name, shared_data, embedded_model, lm, tmp_path):
+def test_benchmark_on_real_data(name, shared_data, embedded_model, embedded_lm, tmp_path):
     bench = config.select([name])[0]
     tm = task_manager()
     prepare([bench], tm)
     opts = RunOptions(limit=LIMITS[name], output_dir=tmp_path)
-    result, samples = run_one(bench, lm, tm, embedded_model.info, opts, shared_data)
+    result, samples = run_one(bench, embedded_lm, tm, embedded_model.info, opts, shared_data)
     path = results.write_result(tmp_path, "smollm2-135m", result, samples)
     saved = json.loads(path.read_text())
     assert 0.0 < saved["score"] < 1.0, (name, saved["score"])
