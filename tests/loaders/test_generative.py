@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from evals.loaders import generative as gen
+from tests.fakes import GenerateOnlyLM
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "generative"
@@ -196,22 +197,12 @@ class _OracleLM:
 @pytest.mark.integration
 def test_oracle_model_scores_100_under_the_primary_metric_keys(monkeypatch):
     import lm_eval
-    from lm_eval.api.model import LM
 
     monkeypatch.setenv("PHI2EVAL_DATA_DIR", str(DATA))
     oracle = _OracleLM()
 
-    class Fake(LM):
-        def loglikelihood(self, requests):
-            raise NotImplementedError
-
-        def loglikelihood_rolling(self, requests):
-            raise NotImplementedError
-
-        def generate_until(self, requests):
-            return [oracle.answer(r.args[0]) for r in requests]
-
-    out = lm_eval.simple_evaluate(model=Fake(), tasks=["bbh", "gsm8k", "squad_v2"], task_manager=_task_manager(),
+    out = lm_eval.simple_evaluate(model=GenerateOnlyLM(oracle.answer), tasks=["bbh", "gsm8k", "squad_v2"],
+                                  task_manager=_task_manager(),
                                   limit=4, log_samples=False)
     res = out["results"]
     assert res["bbh"]["exact_match,get-answer"] == 1.0
@@ -232,27 +223,16 @@ def test_oracle_model_scores_100_under_the_primary_metric_keys(monkeypatch):
 def test_bbh_group_is_the_unweighted_mean_of_tasks(monkeypatch):
     """Right only on penguins_in_a_table: the BBH score must be 1/27 whatever the task sizes."""
     import lm_eval
-    from lm_eval.api.model import LM
 
     monkeypatch.setenv("PHI2EVAL_DATA_DIR", str(DATA))
     oracle = _OracleLM()
     penguins = {ex["input"] for ex in json.loads((DATA / "bbh/bbh/penguins_in_a_table.json").read_text())["examples"]}
 
-    class Fake(LM):
-        def loglikelihood(self, requests):
-            raise NotImplementedError
+    def answer(ctx: str) -> str:
+        question = ctx.rpartition("\n\nQ: ")[2][: -len(CUE)]
+        return oracle.answer(ctx) if question in penguins else "So the answer is (Z)."
 
-        def loglikelihood_rolling(self, requests):
-            raise NotImplementedError
-
-        def generate_until(self, requests):
-            out = []
-            for r in requests:
-                question = r.args[0].rpartition("\n\nQ: ")[2][: -len(CUE)]
-                out.append(oracle.answer(r.args[0]) if question in penguins else "So the answer is (Z).")
-            return out
-
-    res = lm_eval.simple_evaluate(model=Fake(), tasks=["bbh"], task_manager=_task_manager(),
+    res = lm_eval.simple_evaluate(model=GenerateOnlyLM(answer), tasks=["bbh"], task_manager=_task_manager(),
                                   limit=0.02, log_samples=False)["results"]  # 5 docs per task, 2 of penguins
     assert res["bbh_penguins_in_a_table"]["exact_match,get-answer"] == 1.0
     assert res["bbh"]["exact_match,get-answer"] == pytest.approx(1 / 27)

@@ -123,43 +123,29 @@ def test_humaneval_wrong_completions_fail(data_dir):
 def test_lm_eval_tasks_score_an_oracle_model(data_dir, monkeypatch):
     """configs/tasks/{humaneval,mbpp}.yaml through lm-eval: right answers score 1, wrong ones 0."""
     from lm_eval import simple_evaluate
-    from lm_eval.api.model import LM
     from lm_eval.tasks import TaskManager
 
     from evals import paths
     from evals.loaders.code import humaneval, mbpp
+    from tests.fakes import GenerateOnlyLM
 
     monkeypatch.setenv("PHI2EVAL_DATA_DIR", str(data_dir))
     he = {d["prompt"]: d["canonical_solution"] for d in humaneval(data_dir)["test"]}
     mb = mbpp(data_dir)["test"]
 
-    class Oracle(LM):
-        def __init__(self, right):
-            super().__init__()
-            self.right = right
-
-        def loglikelihood(self, requests):
-            raise NotImplementedError
-
-        def loglikelihood_rolling(self, requests):
-            raise NotImplementedError
-
-        def generate_until(self, requests):
-            out = []
-            for req in requests:
-                ctx = req.args[0]
-                if ctx in he:
-                    out.append(he[ctx] if self.right else "    pass\n")
-                    continue
-                assert ctx.count("[BEGIN]") == 4 and ctx.endswith("[BEGIN]\n")  # 3 exemplars + the task
-                task = ctx.rsplit("You are an expert Python programmer", 1)[1]
-                doc = next(d for d in mb if f"task: {d['text']} Your code" in task)
-                out.append(doc["code"] if self.right else "def nothing(): pass")
-            return out
+    def oracle(right: bool):
+        def answer(ctx: str) -> str:
+            if ctx in he:
+                return he[ctx] if right else "    pass\n"
+            assert ctx.count("[BEGIN]") == 4 and ctx.endswith("[BEGIN]\n")  # 3 exemplars + the task
+            task = ctx.rsplit("You are an expert Python programmer", 1)[1]
+            doc = next(d for d in mb if f"task: {d['text']} Your code" in task)
+            return doc["code"] if right else "def nothing(): pass"
+        return GenerateOnlyLM(answer)
 
     tm = TaskManager(include_path=str(paths.tasks_dir()), include_defaults=False)
     for right, expected in ((True, 1.0), (False, 0.0)):
-        out = simple_evaluate(model=Oracle(right), tasks=["humaneval", "mbpp"], task_manager=tm, limit=4,
+        out = simple_evaluate(model=oracle(right), tasks=["humaneval", "mbpp"], task_manager=tm, limit=4,
                               log_samples=True, verbosity="ERROR")
         assert out["results"]["humaneval"]["pass@1,exec"] == expected
         assert out["results"]["mbpp"]["pass@1,exec"] == expected
