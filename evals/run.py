@@ -332,7 +332,3 @@ def summary_line(result: dict, path: Path) -> str:
     score = f"{result['score']:.4f}" if result.get("score") is not None else "not scored (run `phi2eval score`)"
     return (f"{result['benchmark']:<14} {result['metric']} = {score}{stderr}  ({subset})  "
             f"{result['wall_time_s']:.1f} s -> {path}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use the phi2eval command")
