@@ -12,7 +12,9 @@ difference), and on CUDA the MFU against the bf16 dense peak; writes JSON to res
 
 "tokens" = context + continuation tokens of the requests (log-likelihood) or prompt +
 generated tokens (generation): the same workload for both backends, so tokens/s ratios equal
-the speed-up.
+the speed-up. "FLOP÷" (log-likelihood tasks) = HF's matrix-product FLOPs / the fast
+backend's on the same requests, counted from the tokens each forwarded and the positions
+where each computed logits (see ceiling()).
 """
 
 from __future__ import annotations
@@ -172,6 +174,30 @@ def agreement(kind: str, insts, a: list, b: list) -> dict:
     }
 
 
+def hf_work(lm, insts) -> tuple[int, int]:
+    """(forward tokens, logit positions) HFLM computes for log-likelihood requests, padding not
+    counted: one row ctx+cont[:-1] per request, except that single-token continuations sharing
+    a context share one row (HFLM's one-token logits cache); logits at every row position."""
+    shared, tokens = set(), 0
+    for inst in insts:
+        ctx, cont = lm._encode_pair(*inst.args)
+        row = tuple((ctx + cont)[-(lm.max_length + 1):][:-1])
+        if len(cont) == 1:
+            if row in shared:
+                continue
+            shared.add(row)
+        tokens += len(row)
+    return tokens, tokens
+
+
+def ceiling(body: int, head: int, hf_tok: int, hf_pos: int, fast_tok: int, fast_pos: int) -> float:
+    """HF's matrix-product FLOPs over the fast backend's for the same requests: the speed-up
+    if both ran their matrix products equally fast and nothing else cost time. HF also
+    pays a log-softmax over the vocabulary at every position and its padding, so measured
+    speed-ups can exceed it; where matmuls dominate it is the ceiling of exact work-saving."""
+    return (body * hf_tok + head * hf_pos) / max(1, body * fast_tok + head * fast_pos)
+
+
 def peak_flops(device: str) -> float | None:
     if not device.startswith("cuda"):
         return None
@@ -182,7 +208,7 @@ def peak_flops(device: str) -> float | None:
     return None
 
 
-def bench_task(name, hf, fast, tm, args, n_params) -> dict:
+def bench_task(name, hf, fast, tm, args, n_params, head_params) -> dict:
     """Both backends on one task's requests; returns the JSON record."""
     kind, insts = build_requests(name, args.limit, tm, args.max_gen_toks)
     n_docs = len({(i.task_name, i.doc_id) for i in insts})
@@ -190,6 +216,7 @@ def bench_task(name, hf, fast, tm, args, n_params) -> dict:
     for lm in (hf, fast):
         run_once(lm, kind, warm, args.device)
     times, peaks, outs = {"hf": 0.0, "fast": 0.0}, {"hf": 0, "fast": 0}, {}
+    before = dict(fast.stats)
     for rep in range(args.repeats):
         order = [("hf", hf), ("fast", fast)] if rep % 2 == 0 else [("fast", fast), ("hf", hf)]
         for key, lm in order:
@@ -209,6 +236,17 @@ def bench_task(name, hf, fast, tm, args, n_params) -> dict:
             rec[key]["mfu"] = round(2 * n_params * tokens / t / pf, 4)
     rec["speedup"] = round(times["hf"] / times["fast"], 3)
     rec["agreement"] = agreement(kind, insts, outs["hf"], outs["fast"])
+    if kind == "loglikelihood":
+        # the arithmetic ceiling of the speed-up (forward FLOPs of HFLM / of the fast backend)
+        used = {k: (fast.stats.get(k, 0) - before.get(k, 0)) // args.repeats for k in fast.stats}
+        hf_tok, hf_pos = hf_work(fast, insts)
+        body = n_params - head_params
+        rec["work"] = {"hf_forward_tokens": hf_tok, "hf_logit_positions": hf_pos,
+                       "fast_forward_tokens": used.get("ll_forward_tokens", 0),
+                       "fast_logit_positions": used.get("ll_scored_positions", 0),
+                       "flop_ratio": round(ceiling(body, head_params, hf_tok, hf_pos,
+                                                   used.get("ll_forward_tokens", 0),
+                                                   used.get("ll_scored_positions", 0)), 3)}
     return rec
 
 
@@ -251,6 +289,10 @@ def main(argv=None) -> int:
     fast = FastLM(model, tok, max_length=max_len, token_budget=args.token_budget)
     emb = model.get_input_embeddings().weight.numel()
     n_params = sum(q.numel() for q in model.parameters()) - emb
+    head = model.get_output_embeddings().weight
+    head_params = head.numel()  # counted in n_params when untied; tied: add it as work of its own
+    if head is model.get_input_embeddings().weight:
+        n_params += head_params
     tm = TaskManager(include_path=args.tasks_dir, include_defaults=False)
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
     report = {
@@ -262,21 +304,22 @@ def main(argv=None) -> int:
         "model": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) and k != "path"},
         "dtype": args.dtype, "torch_threads": torch.get_num_threads(), "hf_batch_size": args.hf_batch_size, "fast_token_budget": fast.budget.tokens,
         "limit": args.limit, "repeats": args.repeats, "model_load_s": round(load_s, 1),
-        "non_embedding_params": n_params, "tasks": {},
+        "matmul_params": n_params, "lm_head_params": head_params, "tasks": {},
     }
-    hdr = f"{'task':<11}{'docs':>5} {'hf doc/s':>9} {'fast doc/s':>10} {'hf tok/s':>9} {'fast tok/s':>10} {'speedup':>8} {'hf mem':>7} {'fast mem':>8} {'same':>6} {'max|dLL|':>9}"
+    hdr = f"{'task':<11}{'docs':>5} {'hf doc/s':>9} {'fast doc/s':>10} {'hf tok/s':>9} {'fast tok/s':>10} {'speedup':>8} {'FLOP÷':>8} {'hf mem':>7} {'fast mem':>8} {'same':>6} {'max|dLL|':>9}"
     if args.device.startswith("cuda"):
         hdr += f" {'hf MFU':>7} {'fast MFU':>8}"
     print(hdr, flush=True)
     tot = {"hf": 0.0, "fast": 0.0}
     for name in [t for t in args.tasks.split(",") if t]:
-        rec = bench_task(name, hf, fast, tm, args, n_params)
+        rec = bench_task(name, hf, fast, tm, args, n_params, head_params)
         report["tasks"][name] = rec
         for k in tot:
             tot[k] += rec[k]["seconds"]
         ag = rec["agreement"]
         line = (f"{name:<11}{rec['n_docs']:>5} {rec['hf']['docs_per_s']:>9.2f} {rec['fast']['docs_per_s']:>10.2f} "
                 f"{rec['hf']['tokens_per_s']:>9.0f} {rec['fast']['tokens_per_s']:>10.0f} {rec['speedup']:>7.2f}x "
+                f"{rec.get('work', {}).get('flop_ratio', float('nan')):>7.2f}x "
                 f"{fmt_mem(rec['hf']['peak_mem_bytes']):>7} {fmt_mem(rec['fast']['peak_mem_bytes']):>8} "
                 f"{ag['identical_predictions']:>6.1%} {ag.get('max_abs_loglik_diff', float('nan')):>9.1e}")
         if args.device.startswith("cuda"):

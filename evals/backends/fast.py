@@ -49,7 +49,7 @@ from evals.backends.batching import TokenBudget, default_budget, peak_memory_byt
 
 log = logging.getLogger(__name__)
 
-LOGIT_CHUNK = 512  # scored positions per lm_head/log-softmax chunk
+LOGIT_CHUNK = 1024  # scored positions per lm_head/log-softmax chunk (CPU: 3% faster than 512)
 GREEDY_IGNORED_KWARGS = {"do_sample", "temperature", "top_p", "top_k"}
 SHARE_MIN = 32  # shortest common prefix (tokens) worth running once per batch
 
@@ -137,6 +137,7 @@ class FastLM(TemplateLM):
         rows = int(batch_size) if str(batch_size or "").isdigit() else None
         self.budget = TokenBudget(int(token_budget or default_budget(self._device)), max_rows=rows)
         self.add_bos_token = None
+        self._prefix = None  # (token tuple, KV cache) of the last shared prefix
         self.peak_memory_bytes = 0
         self.stats: dict[str, int] = defaultdict(int)
         params = inspect.signature(self.model.forward).parameters
@@ -184,6 +185,35 @@ class FastLM(TemplateLM):
     def tok_decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
 
+    def _shared_len(self, seqs: list, known: int = 0) -> int:
+        """Tokens at the start of all `seqs` to run once as a shared prefix: `known` (the
+        cluster's common prefix, see share_clusters) if >= SHARE_MIN, else the kept prefix when
+        every sequence starts with it, else their common prefix if >= SHARE_MIN tokens and
+        there are several sequences, else 0."""
+        if known >= SHARE_MIN:
+            return known
+        if self._prefix is not None:
+            n = len(self._prefix[0])
+            if all(len(q) > n and tuple(q[:n]) == self._prefix[0] for q in seqs):
+                return n
+        if len(seqs) < 2:
+            return 0
+        S = common_prefix_len(seqs)
+        return S if S >= SHARE_MIN else 0
+
+    def _prefix_cache(self, prefix: list[int], rows: int, kind: str):
+        """KV cache of a shared prefix (few-shot examples), expanded to `rows` rows. The last
+        prefix's cache is kept, so consecutive batches of one cluster run the prefix once."""
+        key = tuple(prefix)
+        if self._prefix is None or self._prefix[0] != key:
+            self._prefix = None  # free the old one first
+            out = self.model.base_model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True)
+            self._prefix = (key, _out_cache(out))
+            self.stats[f"{kind}_shared_prefix_tokens"] += len(prefix)
+        cache = copy.deepcopy(self._prefix[1])
+        cache.batch_repeat_interleave(rows)
+        return cache
+
     def _update_peak(self) -> None:
         self.peak_memory_bytes = max(self.peak_memory_bytes, peak_memory_bytes(self._device))
 
@@ -214,9 +244,14 @@ class FastLM(TemplateLM):
         lengths = [len(p) + sum(len(c) - 1 for c in cs) for p, cs in rows]
         # rows sharing a few-shot prefix are batched together (the prefix then runs once per batch);
         # lengths stay full: the expanded prefix KV cache costs memory in every row
-        clusters, _ = share_clusters([p for p, _ in rows])
-        with torch.inference_mode():
-            per_row = run_batched(lengths, lambda idx: self._score_rows([rows[i] for i in idx]), self.budget, clusters)
+        clusters, shared = share_clusters([p for p, _ in rows])
+        pad = [n - s for n, s in zip(lengths, shared)]  # the shared prefix runs once, unpadded
+        try:
+            with torch.inference_mode():
+                per_row = run_batched(lengths, lambda idx: self._score_rows([rows[i] for i in idx], shared[idx[0]]),
+                                      self.budget, clusters, pad)
+        finally:
+            self._prefix = None
         answers = {}
         for (prefix, conts), row_res in zip(rows, per_row):
             for cont, ans in zip(conts, row_res):
@@ -228,15 +263,15 @@ class FastLM(TemplateLM):
         self._update_peak()
         return res
 
-    def _score_rows(self, rows: list[tuple[tuple, list[tuple]]]) -> list[list[tuple[float, bool]]]:
+    def _score_rows(self, rows: list[tuple[tuple, list[tuple]]], known_shared: int = 0) -> list[list[tuple[float, bool]]]:
         """One forward over packed rows; returns per row, per continuation (logprob, is_greedy).
 
         If all rows start with the same >= SHARE_MIN tokens (few-shot examples), that prefix
-        runs once and its KV cache is expanded to every row."""
+        runs once (once per cluster: its KV cache is kept for the next batch) and its KV
+        cache is expanded to every row."""
         dev = self._device
         B = len(rows)
-        S = common_prefix_len([p for p, _ in rows]) if B > 1 else 0
-        S = S if S >= SHARE_MIN else 0
+        S = self._shared_len([p for p, _ in rows], known_shared)
         T = max(len(p) - S + sum(len(c) - 1 for c in cs) for p, cs in rows)
         ids = torch.zeros(B, T, dtype=torch.long)
         pos = torch.zeros(B, T, dtype=torch.long)
@@ -274,13 +309,7 @@ class FastLM(TemplateLM):
         dtype = self.model.dtype
         mask = torch.zeros(B, 1, T, S + T, dtype=dtype, device=dev)
         mask[..., S:].masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        kw = {}
-        if S:
-            pre = self.model.base_model(input_ids=torch.tensor([rows[0][0][:S]], device=dev), use_cache=True)
-            cache = _out_cache(pre)
-            cache.batch_repeat_interleave(B)
-            kw = {self._cache_kw: cache}
-            self.stats["ll_shared_prefix_tokens"] += S
+        kw = {self._cache_kw: self._prefix_cache(rows[0][0][:S], B, "ll")} if S else {}
         hidden = self.model.base_model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw
         ).last_hidden_state
@@ -369,12 +398,16 @@ class FastLM(TemplateLM):
                 enc = self.tokenizer(ctx, **self._special_kwargs(ctx, None))["input_ids"]
                 prompts.append(enc[-max_ctx:])
             greedy = self._plain_greedy(kwargs)
-            fn = (lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen)) if greedy else \
+            clusters, shared = share_clusters(prompts)
+            fn = (lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, shared[ix[0]])) if greedy else \
                 (lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs))
-            clusters, _ = share_clusters(prompts)
             lengths = [len(p) + max_gen for p in prompts]
-            with torch.inference_mode():
-                texts = run_batched(lengths, fn, self.budget, clusters)
+            pad = [n - s for n, s in zip(lengths, shared)]
+            try:
+                with torch.inference_mode():
+                    texts = run_batched(lengths, fn, self.budget, clusters, pad)
+            finally:
+                self._prefix = None
             for i, text in zip(idxs, texts):
                 res[i] = text
                 self.cache_hook.add_partial("generate_until", args[i], text)
@@ -403,22 +436,14 @@ class FastLM(TemplateLM):
                     return False
         return True
 
-    def _greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int) -> list[str]:
+    def _greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, known_shared: int = 0) -> list[str]:
         """Greedy decode one left-padded batch; rows leave the batch when finished.
 
-        A common prefix of >= SHARE_MIN tokens (few-shot examples) is prefilled once and its
-        KV cache expanded to all rows; the rest of each prompt is left padded after it."""
+        A common prefix of >= SHARE_MIN tokens (few-shot examples) is prefilled once per
+        cluster (see _shared_len) and its KV cache expanded to all rows; the rest of each prompt is left padded after it."""
         B = len(prompts)
-        S = common_prefix_len(prompts) if B > 1 else 0
-        S = S if S >= SHARE_MIN else 0
-        kw = {}
-        if S:
-            pre = self.model(input_ids=torch.tensor([prompts[0][:S]], device=self._device), use_cache=True,
-                             logits_to_keep=1)
-            cache = _out_cache(pre)
-            cache.batch_repeat_interleave(B)
-            kw = {self._cache_kw: cache}
-            self.stats["gen_shared_prefix_tokens"] += S
+        S = self._shared_len(prompts, known_shared)
+        kw = {self._cache_kw: self._prefix_cache(prompts[0][:S], B, "gen")} if S else {}
         ids, mask = self._left_pad([p[S:] for p in prompts])
         pos = mask.cumsum(-1) - 1 + S
         pos.masked_fill_(mask == 0, 1)

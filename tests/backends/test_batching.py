@@ -20,9 +20,19 @@ def test_batches_respect_budget_and_cover_everything():
 
 
 def test_much_shorter_items_start_a_new_batch():
-    batches = plan_batches([100, 90, 40, 35], TokenBudget(10_000))
+    batches = plan_batches([100, 90, 40, 35], TokenBudget(10_000, max_pad_ratio=1.5))
     assert batches == [[0, 1], [2, 3]]
+    # the default (1.1) lets a row be at most 10% shorter than the batch's longest
+    assert plan_batches([100, 95, 90, 80], TokenBudget(10_000)) == [[0, 1], [2], [3]]
     assert len(plan_batches([100, 90, 40, 35], TokenBudget(10_000, max_pad_ratio=None))) == 1
+
+
+def test_padding_ratio_uses_pad_lengths():
+    # rows 700/650 tokens long sharing a 600-token prefix: padded parts 100 and 50 differ 2x
+    lengths, shared = [700, 650], [600, 600]
+    assert len(plan_batches(lengths, TokenBudget(10_000))) == 1
+    pad = [n - s for n, s in zip(lengths, shared)]
+    assert plan_batches(lengths, TokenBudget(10_000), pad_lengths=pad) == [[0], [1]]
 
 
 def test_keys_never_share_a_batch():

@@ -72,6 +72,17 @@ def test_tiny_budget_gives_same_answers(smol, hf_ll):
     _assert_same_ll(lm.loglikelihood(_ll_requests(), disable_tqdm=True), hf_ll)
 
 
+def test_shared_prefix_runs_once_per_cluster(smol, hf_ll):
+    """One row per batch: the few-shot prefix still runs once for its three contexts (its KV
+    cache is kept between batches), and the answers stay HF's."""
+    model, tok = smol
+    lm = FastLM(model, tok, max_length=2048, batch_size=1)
+    _assert_same_ll(lm.loglikelihood(_ll_requests(), disable_tqdm=True), hf_ll)
+    shared = lm.stats["ll_shared_prefix_tokens"]
+    assert len(tok.encode(FEWSHOT)) - 2 <= shared <= len(tok.encode(FEWSHOT)) + 8
+    assert lm._prefix is None  # released after the call
+
+
 def test_left_truncation_matches_hf(smol):
     from lm_eval.models.huggingface import HFLM
 
@@ -88,11 +99,11 @@ def test_oom_backoff_gives_complete_identical_results(smol, hf_ll, monkeypatch):
     real = lm._score_rows
     calls = {"n": 0}
 
-    def flaky(rows):
+    def flaky(*a):
         calls["n"] += 1
         if calls["n"] == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(rows)
+        return real(*a)
 
     monkeypatch.setattr(lm, "_score_rows", flaky)
     _assert_same_ll(lm.loglikelihood(_ll_requests(), disable_tqdm=True), hf_ll)

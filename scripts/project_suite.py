@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Project the wall time of the full Phi-2 suite for a model architecture on one device.
+
+Counts the work of every request of the fourteen benchmarks on the full data (lm-eval builds
+the requests from configs/tasks, exactly as a run does), then turns it into time two ways:
+
+  floor     matrix-product FLOPs at a stated model FLOPs utilisation of the device's bf16
+            peak (log-likelihood and prompt prefill), plus decoding bounded by reading the
+            weights once per step from memory (batch rows decode together).
+  measured  (--bench, from scripts/bench_runner.py JSON of the same model and device) each
+            benchmark's workload tokens over the measured tokens/s of the fast backend for
+            that task, or for its request type when the task was not measured.
+
+  python scripts/project_suite.py --preset phi-2 --data-dir ../shared/data
+  python scripts/project_suite.py --bench results/bench/gpu_phi2_mc.json --bench results/bench/gpu_phi2_gsm8k.json
+
+Work counted as the fast backend does it: each distinct context once, continuation tokens but
+the last, few-shot prefixes shared by a cluster of prompts once, logits only where scored;
+generation counts max_gen_toks new tokens per prompt (an upper bound: real models stop early).
+Attention score FLOPs are left out. Token counts use --tokenizer (default: the embedded SmolLM2
+tokenizer, since Phi-2's own is not available offline); the label says which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+DEVICES = {  # bf16 dense peak FLOP/s and memory bandwidth (bytes/s), vendor datasheets (SXM)
+    "h200": (989e12, 4.8e12),
+    "h100": (989e12, 3.35e12),
+    "a100": (312e12, 2.0e12),
+}
+
+
+def matmul_params(preset: str) -> tuple[int, int, int]:
+    """(body, lm_head, embedding) parameter counts of a random-model preset, built on the meta device."""
+    from evals.random_model import build_random
+
+    model, _, _ = build_random(preset, "bfloat16", "meta")
+    head = model.get_output_embeddings().weight
+    emb = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    tied = head is emb
+    return total - emb.numel() - (0 if tied else head.numel()), head.numel(), emb.numel()
+
+
+def count_work(name: str, insts, lm) -> dict:
+    """Request counts, tokens and the fast backend's work for one benchmark's requests."""
+    from bench_runner import hf_work
+
+    from evals.backends.fast import share_clusters
+
+    kind = insts[0].request_type
+    rec = {"request_type": kind, "n_docs": len({(i.task_name, i.doc_id) for i in insts}), "n_requests": len(insts)}
+    if kind == "loglikelihood":
+        groups: dict[tuple, set] = {}
+        workload = 0
+        for inst in insts:
+            ctx, cont = lm._encode_pair(*inst.args)
+            workload += len(ctx) + len(cont)
+            groups.setdefault(tuple(ctx), set()).add(tuple(cont))
+        ctxs = list(groups)
+        keys, shared = share_clusters(ctxs)
+        prefix_once = {k: s for k, s in zip(keys, shared) if k is not None}
+        forward = sum(len(c) - s for c, s in zip(ctxs, shared)) + sum(prefix_once.values())
+        cont_body = sum(len(x) - 1 for conts in groups.values() for x in conts)
+        hf_tok, hf_pos = hf_work(lm, insts)
+        rec.update(workload_tokens=workload, fast_forward_tokens=forward + cont_body,
+                   fast_logit_positions=len(ctxs) + cont_body, hf_forward_tokens=hf_tok, hf_logit_positions=hf_pos)
+    else:
+        prompts, gen = [], 0
+        for inst in insts:
+            ctx, kw = inst.args
+            prompts.append(lm.tok_encode(ctx))
+            gen += int(kw.get("max_gen_toks", lm.max_gen_toks))
+        keys, shared = share_clusters(prompts)
+        prefix_once = {k: s for k, s in zip(keys, shared) if k is not None}
+        prefill = sum(len(p) - s for p, s in zip(prompts, shared)) + sum(prefix_once.values())
+        rec.update(workload_tokens=sum(map(len, prompts)) + gen, prompt_tokens=sum(map(len, prompts)),
+                   fast_prefill_tokens=prefill, max_new_tokens=gen)
+    return rec
+
+
+def floor_seconds(rec: dict, body: int, head: int, peak: float, mfu: float, bw: float, gen_batch: int) -> float:
+    """Time floor of one benchmark: FLOPs at `mfu` of `peak`, decode steps at one weight read each."""
+    if rec["request_type"] == "loglikelihood":
+        flops = 2 * body * rec["fast_forward_tokens"] + 2 * head * rec["fast_logit_positions"]
+        rec["flops"] = flops
+        return flops / (peak * mfu)
+    n = rec["n_requests"]
+    flops = 2 * body * rec["fast_prefill_tokens"] + 2 * head * n + 2 * (body + head) * rec["max_new_tokens"]
+    rec["flops"] = flops
+    prefill = (2 * body * rec["fast_prefill_tokens"] + 2 * head * n) / (peak * mfu)
+    steps = -(-n // gen_batch) * (rec["max_new_tokens"] / n)  # batches x tokens per prompt
+    decode = max(steps * 2 * (body + head) / bw, 2 * (body + head) * rec["max_new_tokens"] / (peak * mfu))
+    return prefill + decode
+
+
+def measured_rates(paths: list[str]) -> tuple[dict, dict, dict]:
+    """Per task and per request type, the fast backend's workload tokens/s from bench JSONs."""
+    per_task, per_kind, meta = {}, {}, {}
+    for p in paths:
+        rep = json.loads(Path(p).read_text())
+        meta[p] = {k: rep.get(k) for k in ("date", "device_name", "dtype", "command")}
+        for name, rec in rep["tasks"].items():
+            per_task[name] = rec["fast"]["tokens_per_s"]
+            tok, sec = per_kind.get(rec["request_type"], (0, 0.0))
+            per_kind[rec["request_type"]] = (tok + rec["workload_tokens"], sec + rec["fast"]["seconds"])
+    return per_task, {k: t / s for k, (t, s) in per_kind.items()}, meta
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="phi-2", help="random-model preset in configs/models/random (architecture)")
+    p.add_argument("--tokenizer", default=None, help="HF tokenizer id or folder (default: embedded SmolLM2)")
+    p.add_argument("--data-dir", default=os.environ.get("PHI2EVAL_DATA_DIR") or str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--benchmarks", default=None, help="comma list (default: the phi2 suite)")
+    p.add_argument("--device", default="h200", choices=sorted(DEVICES))
+    p.add_argument("--mfu", type=float, default=0.4, help="assumed utilisation for the floor (default 0.4)")
+    p.add_argument("--gen-batch", type=int, default=64, help="prompts decoded together (floor)")
+    p.add_argument("--bench", action="append", default=[], help="bench_runner JSON with measured rates")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    os.environ["PHI2EVAL_DATA_DIR"] = str(Path(args.data_dir).resolve())
+
+    import yaml
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoTokenizer
+
+    from bench_runner import build_requests
+    from evals.backends.fast import FastLM
+    from evals.random_model import embedded_tokenizer
+
+    body, head, emb = matmul_params(args.preset)
+    tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else embedded_tokenizer()
+    tok_label = args.tokenizer or "embedded SmolLM2-135M tokenizer (not the model's own)"
+
+    class _Counter(FastLM):  # FastLM's tokenisation without a model
+        def __init__(self, tokenizer):  # noqa: D107 - bypass model setup
+            self.tokenizer, self._max_length, self._max_gen_toks = tokenizer, 2048, 256
+
+    from evals.random_model import load_preset
+
+    lm = _Counter(tok)
+    lm._max_length = int(load_preset(args.preset)["config"].get("max_position_embeddings", 2048))
+    suite = yaml.safe_load((ROOT / "configs" / "suites" / "phi2.yaml").read_text())
+    names = args.benchmarks.split(",") if args.benchmarks else [
+        b["benchmark"] for c in suite["categories"] for b in c["benchmarks"]]
+    tm = TaskManager(include_path=str(ROOT / "configs" / "tasks"), include_defaults=False)
+    peak, bw = DEVICES[args.device]
+    per_task, per_kind, meta = measured_rates(args.bench)
+    rows, tot_floor, tot_meas = {}, 0.0, 0.0
+    print(f"{'benchmark':<12}{'docs':>7}{'requests':>9}{'workload tok':>13}{'fast fwd tok':>13}{'TFLOP':>8}"
+          f"{'floor s':>9}{'measured s':>11}", flush=True)
+    for name in names:
+        _, insts = build_requests(name, 10**9, tm, None)
+        rec = count_work(name, insts, lm)
+        rec["floor_s"] = round(floor_seconds(rec, body, head, peak, args.mfu, bw, args.gen_batch), 1)
+        rate = per_task.get(name) or per_kind.get(rec["request_type"])
+        rec["measured_s"] = round(rec["workload_tokens"] / rate, 1) if rate else None
+        rec["measured_from"] = "task" if name in per_task else ("request type" if rate else None)
+        rows[name] = rec
+        tot_floor += rec["floor_s"]
+        tot_meas += rec["measured_s"] or 0.0
+        fwd = rec.get("fast_forward_tokens", rec.get("fast_prefill_tokens", 0) + rec.get("max_new_tokens", 0))
+        ms = f"{rec['measured_s']:.1f}" if rec["measured_s"] is not None else "-"
+        print(f"{name:<12}{rec['n_docs']:>7}{rec['n_requests']:>9}{rec['workload_tokens']:>13}{fwd:>13}"
+              f"{rec['flops'] / 1e12:>8.0f}{rec['floor_s']:>9.1f}{ms:>11}", flush=True)
+    measured_all = all(r["measured_s"] is not None for r in rows.values())
+    print(f"total floor: {tot_floor / 60:.1f} min ({args.device}, {args.mfu:.0%} of {peak / 1e12:.0f} TFLOP/s, "
+          f"decode batch {args.gen_batch} at {bw / 1e12:.2f} TB/s; generation at max_gen_toks)")
+    if per_task or per_kind:
+        print(f"total from measured rates: {tot_meas / 60:.1f} min" + ("" if measured_all else " (some benchmarks unmeasured)"))
+    print(f"matmul params: body {body / 1e9:.3f}B + lm_head {head / 1e6:.0f}M ({args.preset}); tokens: {tok_label}")
+    report = {
+        "schema": "phi2eval.projection/1",
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": " ".join(["python", *sys.argv]),
+        "preset": args.preset, "tokenizer": tok_label, "device": args.device, "peak_flops": peak,
+        "memory_bandwidth": bw, "mfu": args.mfu, "gen_batch": args.gen_batch,
+        "body_params": body, "lm_head_params": head, "embedding_params": emb,
+        "bench_inputs": meta, "benchmarks": rows,
+        "total_floor_s": round(tot_floor, 1),
+        "total_measured_s": round(tot_meas, 1) if per_task or per_kind else None,
+        "measured_complete": measured_all if per_task or per_kind else False,
+    }
+    out = Path(args.out) if args.out else ROOT / "results" / "bench" / f"projection_{args.preset}_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

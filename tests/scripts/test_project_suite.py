@@ -1,0 +1,58 @@
+"""scripts/project_suite.py: its work counts equal what the fast backend really computes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import project_suite  # noqa: E402
+from lm_eval.api.instance import Instance  # noqa: E402
+
+FEWSHOT = "".join(f"Q: What is {i} plus {i}?\nA: {2 * i}\n\n" for i in range(10))
+CONTEXTS = ["The capital of France is", "Question: Is the sky blue?\nAnswer:",
+            FEWSHOT + "Q: What is 3 plus 1?\nA:", FEWSHOT + "Q: What is 7 plus 2?\nA:"]
+CONTINUATIONS = [" Paris", " yes", " no", " London, a city of many bridges"]
+
+
+def _requests():
+    return [Instance(request_type="loglikelihood", doc={}, arguments=(c, x), idx=j, metadata=("t", i, 1))
+            for i, c in enumerate(CONTEXTS) for j, x in enumerate(CONTINUATIONS)]
+
+
+def test_loglikelihood_work_equals_fast_backend_work(embedded_model):
+    from evals.backends.fast import FastLM
+
+    lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048, batch_size=1)  # no padding
+    lm.loglikelihood(_requests(), disable_tqdm=True)
+    rec = project_suite.count_work("t", _requests(), lm)
+    assert rec["n_docs"] == 4 and rec["n_requests"] == 16
+    assert rec["fast_forward_tokens"] == lm.stats["ll_real_tokens"] + lm.stats["ll_shared_prefix_tokens"]
+    assert rec["fast_logit_positions"] == lm.stats["ll_scored_positions"]
+    assert lm.stats["ll_shared_prefix_tokens"] > 0  # the few-shot prefix was counted once
+    assert rec["hf_forward_tokens"] > rec["fast_forward_tokens"]
+
+
+def test_generation_work_counts_max_new_tokens(embedded_model):
+    from evals.backends.fast import FastLM
+
+    lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048)
+    reqs = [Instance(request_type="generate_until", doc={}, arguments=(c, {"until": ["\n"], "max_gen_toks": 32}),
+                     idx=0, metadata=("t", i, 1)) for i, c in enumerate(CONTEXTS)]
+    rec = project_suite.count_work("t", reqs, lm)
+    prompt = sum(len(lm.tok_encode(c)) for c in CONTEXTS)
+    assert rec["prompt_tokens"] == prompt and rec["max_new_tokens"] == 4 * 32
+    assert rec["fast_prefill_tokens"] < prompt  # the shared few-shot prefix is prefilled once
+
+
+def test_floor_arithmetic():
+    ll = {"request_type": "loglikelihood", "fast_forward_tokens": 1000, "fast_logit_positions": 100}
+    secs = project_suite.floor_seconds(ll, body=10**9, head=10**8, peak=1e15, mfu=0.5, bw=1e12, gen_batch=8)
+    assert secs == pytest.approx((2e9 * 1000 + 2e8 * 100) / 5e14)
+    gen = {"request_type": "generate_until", "n_requests": 16, "fast_prefill_tokens": 0, "max_new_tokens": 16 * 10}
+    secs = project_suite.floor_seconds(gen, body=10**9, head=0, peak=1e18, mfu=1.0, bw=1e12, gen_batch=8)
+    # 2 batches x 10 steps, each step reads 2 GB of bf16 weights at 1 TB/s; compute is negligible
+    assert secs == pytest.approx(20 * 2e9 / 1e12, rel=1e-3)
