@@ -313,12 +313,13 @@ def environment(device: str) -> dict:
 
 
 def git_commit() -> str | None:
-    """HEAD of the project checkout ('+dirty' when it has uncommitted changes), or None."""
+    """HEAD of the project checkout ('+dirty' when it has uncommitted changes outside results/,
+    which the harness itself writes), or None."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True, text=True, timeout=5)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"], cwd=paths.REPO_ROOT,
                                capture_output=True, text=True, timeout=5).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
