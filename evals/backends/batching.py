@@ -87,7 +87,8 @@ class TokenBudget:
 
 
 def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget: TokenBudget,
-               keys: Sequence | None = None, pad_lengths: Sequence[int] | None = None) -> int:
+               keys: Sequence | None = None, pad_lengths: Sequence[int] | None = None,
+               pad_ratio: float | None = None) -> int:
     """End index (exclusive) of the batch beginning at order[start].
 
     Items are taken in `order` (longest first) while rows x longest <= budget.tokens,
@@ -97,6 +98,7 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
     a batch always holds at least one item.
     """
     pad = pad_lengths if pad_lengths is not None else lengths
+    ratio = pad_ratio if pad_ratio is not None else budget.max_pad_ratio
     longest = 0
     end = start
     while end < len(order):
@@ -106,7 +108,7 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
             break
         if end > start and keys is not None and keys[order[end]] != keys[order[start]]:
             break
-        if end > start and budget.max_pad_ratio and pad[order[start]] > budget.max_pad_ratio * pad[order[end]]:
+        if end > start and ratio and pad[order[start]] > ratio * pad[order[end]]:
             break
         longest = cand
         end += 1
@@ -141,19 +143,21 @@ def run_batched(
     budget: TokenBudget,
     keys: Sequence | None = None,
     pad_lengths: Sequence[int] | None = None,
+    pad_ratio: float | None = None,
 ) -> list[Any]:
     """Call fn on token-budget batches of item indices; return results in item order.
 
     `fn(indices)` returns one result per index. On out-of-memory the budget is halved and
     the same items are retried in smaller batches; finished results are never recomputed.
     A single item that runs out of memory twice re-raises the error. Items with different
-    `keys` never share a batch; `pad_lengths` see take_batch.
+    `keys` never share a batch; `pad_lengths` see take_batch; `pad_ratio` overrides
+    budget.max_pad_ratio.
     """
     order = sort_order(lengths, keys)
     results: list[Any] = [None] * len(lengths)
     start, single_failures = 0, 0
     while start < len(order):
-        end = take_batch(lengths, order, start, budget, keys, pad_lengths)
+        end = take_batch(lengths, order, start, budget, keys, pad_lengths, pad_ratio)
         idx = list(order[start:end])
         try:
             out = fn(idx)

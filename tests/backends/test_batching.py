@@ -103,3 +103,17 @@ def test_results_in_item_order_not_batch_order():
     lengths = [1, 5, 3]
     out = run_batched(lengths, lambda idx: [f"r{i}" for i in idx], TokenBudget(4, max_pad_ratio=None))
     assert out == ["r0", "r1", "r2"]
+
+
+def test_run_batched_pad_ratio_overrides_budget():
+    calls = []
+
+    def fn(idx):
+        calls.append(list(idx))
+        return idx
+
+    run_batched([100, 95, 90, 80], fn, TokenBudget(10_000), pad_ratio=1.5)
+    assert calls == [[0, 1, 2, 3]]
+    calls.clear()
+    run_batched([100, 95, 90, 80], fn, TokenBudget(10_000))  # default 1.1
+    assert calls == [[0, 1], [2], [3]]
