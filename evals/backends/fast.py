@@ -245,7 +245,7 @@ class FastLM(TemplateLM):
                 size += len(cont) - 1
             rows.append((prefix, chunk))
         lengths = [len(p) + sum(len(c) - 1 for c in cs) for p, cs in rows]
-        # rows sharing a few-shot prefix are batched together (the prefix then runs once per batch);
+        # rows sharing a few-shot prefix are batched together (the prefix then runs once per cluster);
         # lengths stay full: the expanded prefix KV cache costs memory in every row
         clusters, shared = share_clusters([p for p, _ in rows])
         pad = [n - s for n, s in zip(lengths, shared)]  # the shared prefix runs once, unpadded
@@ -443,7 +443,8 @@ class FastLM(TemplateLM):
         """Greedy decode one left-padded batch; rows leave the batch when finished.
 
         A common prefix of >= SHARE_MIN tokens (few-shot examples) is prefilled once per
-        cluster (see _shared_len) and its KV cache expanded to all rows; the rest of each prompt is left padded after it."""
+        cluster (see _shared_len) and its KV cache expanded to all rows; the rest of each
+        prompt is left padded after it."""
         B = len(prompts)
         S = self._shared_len(prompts, known_shared)
         kw = {self._cache_kw: self._prefix_cache(prompts[0][:S], B, "gen")} if S else {}
