@@ -174,10 +174,10 @@ def agreement(kind: str, insts, a: list, b: list) -> dict:
     }
 
 
-def hf_work(lm, insts) -> tuple[int, int]:
-    """(forward tokens, logit positions) HFLM computes for log-likelihood requests, padding not
-    counted: one row ctx+cont[:-1] per request, except that single-token continuations sharing
-    a context share one row (HFLM's one-token logits cache); logits at every row position."""
+def hf_work(lm, insts) -> int:
+    """Forward tokens HFLM computes for log-likelihood requests, padding not counted: one row
+    ctx+cont[:-1] per request, except that single-token continuations sharing a context share
+    one row (HFLM's one-token logits cache). HFLM computes logits at every one of them."""
     shared, tokens = set(), 0
     for inst in insts:
         ctx, cont = lm._encode_pair(*inst.args)
@@ -187,7 +187,7 @@ def hf_work(lm, insts) -> tuple[int, int]:
                 continue
             shared.add(row)
         tokens += len(row)
-    return tokens, tokens
+    return tokens
 
 
 def ceiling(body: int, head: int, hf_tok: int, hf_pos: int, fast_tok: int, fast_pos: int) -> float:
@@ -239,12 +239,12 @@ def bench_task(name, hf, fast, tm, args, n_params, head_params) -> dict:
     if kind == "loglikelihood":
         # the arithmetic ceiling of the speed-up (forward FLOPs of HFLM / of the fast backend)
         used = {k: (fast.stats.get(k, 0) - before.get(k, 0)) // args.repeats for k in fast.stats}
-        hf_tok, hf_pos = hf_work(fast, insts)
+        hf_tok = hf_tok_pos = hf_work(fast, insts)
         body = n_params - head_params
-        rec["work"] = {"hf_forward_tokens": hf_tok, "hf_logit_positions": hf_pos,
+        rec["work"] = {"hf_forward_tokens": hf_tok, "hf_logit_positions": hf_tok_pos,
                        "fast_forward_tokens": used.get("ll_forward_tokens", 0),
                        "fast_logit_positions": used.get("ll_scored_positions", 0),
-                       "flop_ratio": round(ceiling(body, head_params, hf_tok, hf_pos,
+                       "flop_ratio": round(ceiling(body, head_params, hf_tok, hf_tok_pos,
                                                    used.get("ll_forward_tokens", 0),
                                                    used.get("ll_scored_positions", 0)), 3)}
     return rec

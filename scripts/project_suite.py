@@ -53,11 +53,18 @@ def matmul_params(preset: str) -> tuple[int, int, int]:
     return total - emb.numel() - (0 if tied else head.numel()), head.numel(), emb.numel()
 
 
+def once_tokens(seqs: list) -> int:
+    """Tokens the fast backend forwards for `seqs` when each cluster's shared prefix runs once."""
+    from evals.backends.fast import share_clusters
+
+    keys, shared = share_clusters(seqs)
+    prefix_once = {k: s for k, s in zip(keys, shared) if k is not None}
+    return sum(len(q) - s for q, s in zip(seqs, shared)) + sum(prefix_once.values())
+
+
 def count_work(name: str, insts, lm) -> dict:
     """Request counts, tokens and the fast backend's work for one benchmark's requests."""
     from bench_runner import hf_work
-
-    from evals.backends.fast import share_clusters
 
     kind = insts[0].request_type
     rec = {"request_type": kind, "n_docs": len({(i.task_name, i.doc_id) for i in insts}), "n_requests": len(insts)}
@@ -68,25 +75,18 @@ def count_work(name: str, insts, lm) -> dict:
             ctx, cont = lm._encode_pair(*inst.args)
             workload += len(ctx) + len(cont)
             groups.setdefault(tuple(ctx), set()).add(tuple(cont))
-        ctxs = list(groups)
-        keys, shared = share_clusters(ctxs)
-        prefix_once = {k: s for k, s in zip(keys, shared) if k is not None}
-        forward = sum(len(c) - s for c, s in zip(ctxs, shared)) + sum(prefix_once.values())
         cont_body = sum(len(x) - 1 for conts in groups.values() for x in conts)
-        hf_tok, hf_pos = hf_work(lm, insts)
-        rec.update(workload_tokens=workload, fast_forward_tokens=forward + cont_body,
-                   fast_logit_positions=len(ctxs) + cont_body, hf_forward_tokens=hf_tok, hf_logit_positions=hf_pos)
+        hf_tok = hf_work(lm, insts)
+        rec.update(workload_tokens=workload, fast_forward_tokens=once_tokens(list(groups)) + cont_body,
+                   fast_logit_positions=len(groups) + cont_body, hf_forward_tokens=hf_tok, hf_logit_positions=hf_tok)
     else:
         prompts, gen = [], 0
         for inst in insts:
             ctx, kw = inst.args
             prompts.append(lm.tok_encode(ctx))
             gen += int(kw.get("max_gen_toks", lm.max_gen_toks))
-        keys, shared = share_clusters(prompts)
-        prefix_once = {k: s for k, s in zip(keys, shared) if k is not None}
-        prefill = sum(len(p) - s for p, s in zip(prompts, shared)) + sum(prefix_once.values())
         rec.update(workload_tokens=sum(map(len, prompts)) + gen, prompt_tokens=sum(map(len, prompts)),
-                   fast_prefill_tokens=prefill, max_new_tokens=gen)
+                   fast_prefill_tokens=once_tokens(prompts), max_new_tokens=gen)
     return rec
 
 
