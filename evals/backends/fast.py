@@ -24,9 +24,11 @@ Generation (greedy)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -55,6 +57,21 @@ SHARE_MIN = 32  # shortest common prefix (tokens) worth running once per batch
 # generation: decoding steps cost about the same for 4 rows as for 1, so batches may hold rows
 # up to 1.5x shorter (left padding) instead of log-likelihood's 1.1x
 GEN_PAD_RATIO = 1.5
+
+
+SDPA_ENV = "PHI2EVAL_SDPA"  # "default": leave PyTorch's choice of attention kernel alone
+
+
+def attention_kernels(device: torch.device):
+    """Context for the backend's forward passes. On CUDA, scaled_dot_product_attention may use
+    only the flash, memory-efficient and math kernels, not cuDNN's: with an explicit mask
+    PyTorch prefers cuDNN on Hopper, which builds a plan for every new shape, and packed
+    batches and every decoding step bring new shapes. $PHI2EVAL_SDPA=default turns this off."""
+    if device.type != "cuda" or os.environ.get(SDPA_ENV) == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def common_prefix_len(seqs: list) -> int:
@@ -250,7 +267,7 @@ class FastLM(TemplateLM):
         clusters, shared = share_clusters([p for p, _ in rows])
         pad = [n - s for n, s in zip(lengths, shared)]  # the shared prefix runs once, unpadded
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), attention_kernels(self._device):
                 per_row = run_batched(lengths, lambda idx: self._score_rows([rows[i] for i in idx], shared[idx[0]]),
                                       self.budget, clusters, pad)
         finally:
@@ -407,7 +424,7 @@ class FastLM(TemplateLM):
             lengths = [len(p) + max_gen for p in prompts]
             pad = [n - s for n, s in zip(lengths, shared)]
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), attention_kernels(self._device):
                     texts = run_batched(lengths, fn, self.budget, clusters, pad, GEN_PAD_RATIO)
             finally:
                 self._prefix = None

@@ -204,3 +204,22 @@ def test_random_tiny_phi_matches_hf():
     _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
     g = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6})) for p in GEN_PROMPTS[:3]]
     assert lm.generate_until(g) == hf.generate_until(g)
+
+
+def test_attention_kernels_exclude_cudnn_on_cuda_only(monkeypatch):
+    """On CUDA the backend's forwards run without cuDNN attention (a plan per new shape:
+    1.3 s for the first packed batch on an H200, results/bench/gpu_probe.json); CPU and
+    PHI2EVAL_SDPA=default leave PyTorch's choice alone."""
+    from evals.backends.fast import SDPA_ENV, attention_kernels
+
+    monkeypatch.delenv(SDPA_ENV, raising=False)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_kernels(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with attention_kernels(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    monkeypatch.setenv(SDPA_ENV, "default")
+    with attention_kernels(torch.device("cuda")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
