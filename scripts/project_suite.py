@@ -105,16 +105,16 @@ def floor_seconds(rec: dict, body: int, head: int, peak: float, mfu: float, bw: 
     return prefill + decode
 
 
-def measured_rates(paths: list[str]) -> tuple[dict, dict, dict]:
-    """Per task and per request type, the fast backend's workload tokens/s from bench JSONs."""
+def measured_rates(paths: list[str], backend: str = "fast") -> tuple[dict, dict, dict]:
+    """Per task and per request type, a backend's ("fast" or "hf") workload tokens/s from bench JSONs."""
     per_task, per_kind, meta = {}, {}, {}
     for p in paths:
         rep = json.loads(Path(p).read_text())
-        meta[p] = {k: rep.get(k) for k in ("date", "device_name", "dtype", "command")}
+        meta[p] = {k: rep.get(k) for k in ("date", "device_name", "dtype", "command", "fast_sdpa_kernels")}
         for name, rec in rep["tasks"].items():
-            per_task[name] = rec["fast"]["tokens_per_s"]
+            per_task[name] = rec[backend]["tokens_per_s"]
             tok, sec = per_kind.get(rec["request_type"], (0, 0.0))
-            per_kind[rec["request_type"]] = (tok + rec["workload_tokens"], sec + rec["fast"]["seconds"])
+            per_kind[rec["request_type"]] = (tok + rec["workload_tokens"], sec + rec[backend]["seconds"])
     return per_task, {k: t / s for k, (t, s) in per_kind.items()}, meta
 
 
@@ -158,9 +158,10 @@ def main(argv=None) -> int:
     tm = TaskManager(include_path=str(ROOT / "configs" / "tasks"), include_defaults=False)
     peak, bw = DEVICES[args.device]
     per_task, per_kind, meta = measured_rates(args.bench)
-    rows, tot_floor, tot_meas = {}, 0.0, 0.0
+    hf_task, hf_kind, _ = measured_rates(args.bench, "hf")
+    rows, tot_floor, tot_meas, tot_hf = {}, 0.0, 0.0, 0.0
     print(f"{'benchmark':<12}{'docs':>7}{'requests':>9}{'workload tok':>13}{'fast fwd tok':>13}{'TFLOP':>8}"
-          f"{'floor s':>9}{'measured s':>11}", flush=True)
+          f"{'floor s':>9}{'measured s':>11}{'hf s':>9}", flush=True)
     for name in names:
         _, insts = build_requests(name, 10**9, tm, None)
         rec = count_work(name, insts, lm)
@@ -168,18 +169,23 @@ def main(argv=None) -> int:
         rate = per_task.get(name) or per_kind.get(rec["request_type"])
         rec["measured_s"] = round(rec["workload_tokens"] / rate, 1) if rate else None
         rec["measured_from"] = "task" if name in per_task else ("request type" if rate else None)
+        hf_rate = hf_task.get(name) or hf_kind.get(rec["request_type"])
+        rec["measured_hf_s"] = round(rec["workload_tokens"] / hf_rate, 1) if hf_rate else None
         rows[name] = rec
         tot_floor += rec["floor_s"]
         tot_meas += rec["measured_s"] or 0.0
+        tot_hf += rec["measured_hf_s"] or 0.0
         fwd = rec.get("fast_forward_tokens", rec.get("fast_prefill_tokens", 0) + rec.get("max_new_tokens", 0))
         ms = f"{rec['measured_s']:.1f}" if rec["measured_s"] is not None else "-"
+        hs = f"{rec['measured_hf_s']:.1f}" if rec["measured_hf_s"] is not None else "-"
         print(f"{name:<12}{rec['n_docs']:>7}{rec['n_requests']:>9}{rec['workload_tokens']:>13}{fwd:>13}"
-              f"{rec['flops'] / 1e12:>8.0f}{rec['floor_s']:>9.1f}{ms:>11}", flush=True)
+              f"{rec['flops'] / 1e12:>8.0f}{rec['floor_s']:>9.1f}{ms:>11}{hs:>9}", flush=True)
     measured_all = all(r["measured_s"] is not None for r in rows.values())
     print(f"total floor: {tot_floor / 60:.1f} min ({args.device}, {args.mfu:.0%} of {peak / 1e12:.0f} TFLOP/s, "
           f"decode batch {args.gen_batch} at {bw / 1e12:.2f} TB/s; generation at max_gen_toks)")
     if per_task or per_kind:
-        print(f"total from measured rates: {tot_meas / 60:.1f} min" + ("" if measured_all else " (some benchmarks unmeasured)"))
+        print(f"total from measured rates: fast {tot_meas / 60:.1f} min, hf {tot_hf / 60:.1f} min"
+              + ("" if measured_all else " (some benchmarks unmeasured)"))
     print(f"matmul params: body {body / 1e9:.3f}B + lm_head {head / 1e6:.0f}M ({args.preset}); tokens: {tok_label}")
     report = {
         "schema": "phi2eval.projection/1",
@@ -191,6 +197,7 @@ def main(argv=None) -> int:
         "bench_inputs": meta, "benchmarks": rows,
         "total_floor_s": round(tot_floor, 1),
         "total_measured_s": round(tot_meas, 1) if per_task or per_kind else None,
+        "total_measured_hf_s": round(tot_hf, 1) if per_task or per_kind else None,
         "measured_complete": measured_all if per_task or per_kind else False,
     }
     out = Path(args.out) if args.out else ROOT / "results" / "bench" / f"projection_{args.preset}_{args.device}.json"

@@ -35,6 +35,25 @@ def test_padding_ratio_uses_pad_lengths():
     assert plan_batches(lengths, TokenBudget(10_000), pad_lengths=pad) == [[0], [1]]
 
 
+def test_pad_waste_allowance_joins_short_rows_while_total_padding_is_small():
+    # ratio rule alone: 100 | 80 | 40, 38 (ratio 1.1 breaks at every big step)
+    assert plan_batches([100, 80, 40, 38], TokenBudget(10_000)) == [[0], [1], [2, 3]]
+    # 20 padded tokens allowed: 80 joins 100 (waste 20), 40 would add 60 more: new batch
+    assert plan_batches([100, 80, 40, 38], TokenBudget(10_000, max_pad_waste=20)) == [[0, 1], [2, 3]]
+    # a large allowance: one batch (the budget still caps rows x longest)
+    assert plan_batches([100, 80, 40, 38], TokenBudget(10_000, max_pad_waste=1000)) == [[0, 1, 2, 3]]
+    assert plan_batches([100, 80, 40, 38], TokenBudget(250, max_pad_waste=1000)) == [[0, 1], [2, 3]]
+
+
+def test_gpu_pad_waste_is_the_tokens_of_one_forward_overhead():
+    from evals.backends.fast import GPU_ASSUMED_FLOPS, GPU_FORWARD_OVERHEAD_S, gpu_pad_waste
+
+    model = torch.nn.Linear(1000, 1000)  # ~1M parameters: capped by the budget
+    assert gpu_pad_waste(model, 4000) == 1000
+    n = sum(p.numel() for p in model.parameters())
+    assert gpu_pad_waste(model, 10**12) == int(GPU_FORWARD_OVERHEAD_S * GPU_ASSUMED_FLOPS / (2 * n))
+
+
 def test_keys_never_share_a_batch():
     batches = plan_batches([5, 5, 5, 5], TokenBudget(100), keys=["a", None, "a", None])
     assert sorted(map(sorted, batches)) == [[0, 2], [1, 3]]

@@ -64,6 +64,10 @@ def test_loglikelihood_tokenisation_matches_hf(fast, hf_lm):
         for x in CONTINUATIONS:
             assert fast._encode_pair(c, x) == hf_lm._encode_pair(c, x)
             assert fast.tok_encode(c + x) == hf_lm.tok_encode(c + x)
+    # the reused context encoding must follow the context: interleaved, trailing spaces
+    pairs = [(c, x) for x in CONTINUATIONS for c in CONTEXTS[:3]] + [("Answer: ", "yes"), ("Answer:", " yes")]
+    for c, x in pairs:
+        assert fast._encode_pair(c, x) == hf_lm._encode_pair(c, x)
 
 
 def test_tiny_budget_gives_same_answers(smol, hf_ll):
