@@ -127,6 +127,67 @@ def share_clusters(prefixes: list) -> tuple[list, list[int]]:
     return keys, shared
 
 
+try:  # transformers >= 4.56: caches made of per-layer objects
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # pragma: no cover - older transformers: no reservation
+    DynamicLayer = None
+
+
+if DynamicLayer is not None:
+
+    class ReservedLayer(DynamicLayer):
+        """A DynamicLayer that writes new tokens into a buffer reserved for the whole decode
+        instead of concatenating (which copies the layer's whole cache at every step).
+        `keys`/`values` stay views of the filled part, so every other method works unchanged;
+        past the reserve it falls back to concatenation."""
+
+        def reserve(self, extra: int) -> None:
+            """Room for `extra` more tokens; the cached ones are copied in once."""
+            n = self.keys.shape[-2]
+            kshape, vshape = list(self.keys.shape), list(self.values.shape)
+            kshape[-2] = vshape[-2] = n + extra
+            self._kbuf = self.keys.new_empty(kshape)
+            self._vbuf = self.values.new_empty(vshape)
+            self._kbuf[..., :n, :].copy_(self.keys)
+            self._vbuf[..., :n, :].copy_(self.values)
+            self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+
+        def _in_buffer(self) -> bool:
+            buf = getattr(self, "_kbuf", None)
+            return buf is not None and self.keys is not None and self.keys.data_ptr() == buf.data_ptr()
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            n = self.keys.shape[-2] if self.is_initialized else 0
+            m = n + key_states.shape[-2]
+            if not self._in_buffer() or m > self._kbuf.shape[-2]:
+                return super().update(key_states, value_states, *args, **kwargs)
+            self._kbuf[..., n:m, :].copy_(key_states)
+            self._vbuf[..., n:m, :].copy_(value_states)
+            self.keys, self.values = self._kbuf[..., :m, :], self._vbuf[..., :m, :]
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices) -> None:
+            if not self._in_buffer():
+                return super().batch_select_indices(indices)
+            n = self.keys.shape[-2]
+            self._kbuf, self._vbuf = self._kbuf[indices, ...], self._vbuf[indices, ...]
+            self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+
+
+def reserve_cache(cache, extra: int) -> int:
+    """Turn the plain DynamicLayers of `cache` into ReservedLayers with room for `extra`
+    tokens; returns how many layers were converted (0 for other cache types)."""
+    if DynamicLayer is None or extra <= 0:
+        return 0
+    done = 0
+    for layer in getattr(cache, "layers", []):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            layer.__class__ = ReservedLayer
+            layer.reserve(extra)
+            done += 1
+    return done
+
+
 def _out_cache(out):
     """The KV cache of a model output (`cache` in transformers 5, `past_key_values` before)."""
     cache = getattr(out, "cache", None)
@@ -138,6 +199,7 @@ class FastLM(TemplateLM):
     """lm-eval LM over an already loaded causal HF model; see the module docstring."""
 
     backend = "causal"
+    reserve_kv = True  # decode into a reserved KV buffer (ReservedLayer) instead of torch.cat
 
     def __init__(
         self,
@@ -513,6 +575,8 @@ class FastLM(TemplateLM):
         active = list(range(B))  # original row of each live batch row
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
         cache = _out_cache(out)
+        if self.reserve_kv:
+            reserve_cache(cache, max_gen - 1)
         next_pos = pos[:, -1:] + 1
         self.stats["gen_prefill_tokens"] += ids.numel()
         while True:

@@ -227,3 +227,30 @@ def test_attention_kernels_exclude_cudnn_on_cuda_only(monkeypatch):
     monkeypatch.setenv(SDPA_ENV, "default")
     with attention_kernels(torch.device("cuda")):
         assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_reserved_kv_layer_equals_concatenation():
+    """ReservedLayer (decode into a reserved buffer) keeps the same keys/values as
+    DynamicLayer's torch.cat, through row removal and past its reserve."""
+    from transformers.cache_utils import DynamicCache
+
+    from evals.backends.fast import ReservedLayer, reserve_cache
+
+    torch.manual_seed(0)
+    plain, reserved = DynamicCache(), DynamicCache()
+    k0, v0 = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    for c in (plain, reserved):
+        c.update(k0, v0, 0)
+    assert reserve_cache(reserved, 2) == 1 and isinstance(reserved.layers[0], ReservedLayer)
+    keep = torch.tensor([0, 2])
+    for step in range(4):  # 2 steps inside the reserve, 2 past it (falls back to cat)
+        if step == 1:
+            for c in (plain, reserved):
+                c.batch_select_indices(keep)
+        b = 3 if step == 0 else 2
+        k, v = torch.randn(b, 2, 1, 4), torch.randn(b, 2, 1, 4)
+        kp, vp = plain.update(k, v, 0)
+        kr, vr = reserved.update(k, v, 0)
+        assert torch.equal(kp, kr) and torch.equal(vp, vr)
+        assert plain.get_seq_length() == reserved.get_seq_length() == 6 + step
+        assert reserved.layers[0]._in_buffer() == (step < 2)  # no copy while the reserve lasts
