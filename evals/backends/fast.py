@@ -83,7 +83,7 @@ GPU_ASSUMED_FLOPS = 400e12  # bf16 matrix-product rate assumed for the trade-off
 
 
 def gpu_pad_waste(model: Any, budget_tokens: int) -> int:
-    """Padded tokens per log-likelihood batch worth accepting on a GPU to save a batch: the
+    """Padded tokens per batch worth accepting on a GPU to save a batch (a forward pass): the
     tokens the model computes in GPU_FORWARD_OVERHEAD_S (1800 for Phi-2), at most a quarter
     of the token budget."""
     n_params = sum(p.numel() for p in model.parameters())
