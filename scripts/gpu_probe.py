@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from evals.backends.fast import attention_kernels  # noqa: E402
+from evals.backends.fast import _out_cache, attention_kernels  # noqa: E402
 from evals.random_model import build_random  # noqa: E402
 
 
@@ -53,7 +53,7 @@ def decode_steps_ms(model, device, rows: int, prompt: int, steps: int) -> list[f
     mask = torch.ones(rows, prompt, dtype=torch.long, device=device)
     mask[: rows // 2, :3] = 0  # some left padding, as in a real batch
     out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None) or out.past_key_values
+    cache = _out_cache(out)
     kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     times = []
     for _ in range(steps):
