@@ -3,11 +3,16 @@
 Log-likelihood
   * Tokenisation is HFLM's (TemplateLM._encode_pair, HFLM.tok_encode semantics, left
     truncation of context+continuation to max_length+1).
-  * Requests are grouped by their (truncated) context. Each group becomes ONE packed row:
-    ``context + cont_1[:-1] + cont_2[:-1] + ...`` with a block attention mask (each
-    continuation block sees the context and itself, causally) and position ids that restart
-    after the context for every block. So the context runs once for all its continuations;
-    single-token continuations (MMLU letters) make a row that is just the context.
+  * A request's model input is (context + continuation)[:-1]; its last len(continuation)
+    positions predict the continuation. Distinct inputs, sorted, form a prefix trie
+    (prefix_trie.py): neighbouring inputs that share leading tokens (the choices of one
+    question, or documents sharing a passage, caption or everything before WinoGrande's
+    blank) go into ONE packed row where each shared token runs once, at its depth as
+    position id, under a mask that lets every token see only its ancestors. Rows stop
+    growing where the extra attention of a longer row would cost more than the sharing
+    saves. Single-token continuations (MMLU letters) share one input: one row position.
+  * Contexts sharing >= SHARE_MIN tokens (a few-shot prompt) form a cluster whose prefix
+    runs once per cluster, as a KV cache expanded to the rows of its batches.
   * The base model returns hidden states; lm_head and log-softmax run only at the scored
     positions, in float32, in chunks.
   * Rows are sorted longest first and batched to a token budget (batching.py); an OOM halves
@@ -48,6 +53,7 @@ from lm_eval.models.utils import (
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
 from evals.backends.batching import TokenBudget, default_budget, peak_memory_bytes, run_batched
+from evals.backends.prefix_trie import ancestor_mask, build_row, pack_rows
 
 log = logging.getLogger(__name__)
 
@@ -332,44 +338,57 @@ class FastLM(TemplateLM):
         self.peak_memory_bytes = max(self.peak_memory_bytes, peak_memory_bytes(self._device))
 
     # ----- log-likelihood ---------------------------------------------------------------
+    @property
+    def merge_ratio(self) -> float:
+        """Matrix-product FLOPs per token over attention FLOPs per token pair, for deciding
+        when sequences share a row (prefix_trie.pack_rows): non-embedding parameters over
+        2 x layers x hidden size (1530 for SmolLM2-135M, 15400 for Phi-2); 1000 if the config
+        does not say."""
+        cfg = self.model.config
+        layers = getattr(cfg, "num_hidden_layers", None)
+        hidden = getattr(cfg, "hidden_size", None)
+        if not (isinstance(layers, int) and isinstance(hidden, int)) or layers * hidden <= 0:
+            return 1000.0
+        emb = self.model.get_input_embeddings().weight.numel()
+        return max(1.0, (sum(p.numel() for p in self.model.parameters()) - emb) / (2 * layers * hidden))
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        """Score (request_str, context_enc, continuation_enc) triples; one packed row per context."""
+        """Score (request_str, context_enc, continuation_enc) triples over prefix-trie rows."""
         L = self.max_length
-        groups: dict[tuple, dict[tuple, int]] = {}
+        conts_of: dict[tuple, dict[tuple, None]] = defaultdict(dict)  # model input -> continuations
         keys = []
         for _, ctx, cont in requests:
             assert len(ctx) > 0 and 0 < len(cont) <= L
             full = (ctx + cont)[-(L + 1):]
-            prefix = tuple(full[: len(full) - len(cont)])
-            conts = groups.setdefault(prefix, {})
-            conts.setdefault(tuple(cont), len(conts))
-            keys.append((prefix, tuple(cont)))
-        rows = []  # (prefix, [cont, ...]); long continuation lists split over several rows
-        cap = max(1024, L)
-        for prefix, conts in groups.items():
-            chunk, size = [], len(prefix)
-            for cont in conts:
-                if chunk and size + len(cont) - 1 > cap:
-                    rows.append((prefix, chunk))
-                    chunk, size = [], len(prefix)
-                chunk.append(cont)
-                size += len(cont) - 1
-            rows.append((prefix, chunk))
-        lengths = [len(p) + sum(len(c) - 1 for c in cs) for p, cs in rows]
-        # rows sharing a few-shot prefix are batched together (the prefix then runs once per cluster);
-        # lengths stay full: the expanded prefix KV cache costs memory in every row
-        clusters, shared = share_clusters([p for p, _ in rows])
-        pad = [n - s for n, s in zip(lengths, shared)]  # the shared prefix runs once, unpadded
+            x, c = tuple(full[:-1]), tuple(cont)  # the last len(c) positions of x predict c
+            conts_of[x][c] = None
+            keys.append((x, c))
+        seqs = sorted(conts_of)
+        # sequences whose distinct contexts (unscored parts) share >= SHARE_MIN tokens (a few-shot
+        # prompt) form a cluster: its prefix runs once, as a KV cache, and its rows are batched
+        # together; sharing within one context is the trie's
+        parts = [x[: len(x) - max(map(len, conts_of[x]))] for x in seqs]
+        distinct = list(dict.fromkeys(parts))
+        part_keys, part_shared = share_clusters(distinct)
+        of_part = {p: (k, s) for p, k, s in zip(distinct, part_keys, part_shared)}
+        members: dict = defaultdict(list)
+        for i, p in enumerate(parts):
+            members[of_part[p]].append(i)
+        rows, row_keys, lengths, pad = [], [], [], []
+        cap, ratio = max(1024, L), self.merge_ratio
+        for (key, S), idx in members.items():
+            for part, nodes in pack_rows([seqs[i] for i in idx], S, cap, ratio):
+                rows.append((S, [seqs[idx[k]] for k in part]))
+                row_keys.append(key)
+                lengths.append(S + nodes)  # the prefix KV cache costs memory in every row
+                pad.append(nodes)  # but runs once, unpadded
         try:
             with torch.inference_mode(), attention_kernels(self._device):
-                per_row = run_batched(lengths, lambda idx: self._score_rows([rows[i] for i in idx], shared[idx[0]]),
-                                      self.budget, clusters, pad)
+                per_row = run_batched(lengths, lambda ix: self._score_rows([rows[i] for i in ix], conts_of),
+                                      self.budget, row_keys, pad)
         finally:
             self._prefix = None
-        answers = {}
-        for (prefix, conts), row_res in zip(rows, per_row):
-            for cont, ans in zip(conts, row_res):
-                answers[(prefix, cont)] = ans
+        answers = {k: ans for row_res in per_row for k, ans in row_res}
         res = [answers[k] for k in keys]
         for (req_str, _, _), ans in zip(requests, res):
             if req_str is not None:
@@ -377,63 +396,60 @@ class FastLM(TemplateLM):
         self._update_peak()
         return res
 
-    def _score_rows(self, rows: list[tuple[tuple, list[tuple]]], known_shared: int = 0) -> list[list[tuple[float, bool]]]:
-        """One forward over packed rows; returns per row, per continuation (logprob, is_greedy).
+    def _score_rows(self, rows: list[tuple[int, list[tuple]]], conts_of: dict) -> list[list[tuple[tuple, tuple[float, bool]]]]:
+        """One forward over trie rows (shared length S, sorted sequences); returns per row
+        ((sequence, continuation), (logprob, is_greedy)) for every continuation of its sequences.
 
-        If all rows start with the same >= SHARE_MIN tokens (few-shot examples), that prefix
-        runs once (once per cluster: its KV cache is kept for the next batch) and its KV
-        cache is expanded to every row."""
+        All rows of a batch belong to one cluster: its first S tokens (few-shot examples) run
+        once (once per cluster: the KV cache is kept for the next batch) and their KV cache is
+        expanded to every row. Each scored node runs lm_head once, however many continuations
+        score it."""
         dev = self._device
-        B = len(rows)
-        S = self._shared_len([p for p, _ in rows], known_shared)
-        T = max(len(p) - S + sum(len(c) - 1 for c in cs) for p, cs in rows)
+        B, S = len(rows), rows[0][0]
+        built = [build_row(seqs, S) for _, seqs in rows]
+        T = max(len(r.tokens) for r in built)
         ids = torch.zeros(B, T, dtype=torch.long)
         pos = torch.zeros(B, T, dtype=torch.long)
-        seg = torch.full((B, T), -1, dtype=torch.long)
-        flat_pos, pair_pos, pair_tgt, pair_req = [], [], [], []
-        n_req = 0
-        for b, (prefix, conts) in enumerate(rows):
-            p = len(prefix) - S  # own context tokens in this row
-            ids[b, :p] = torch.tensor(prefix[S:])
-            pos[b, :p] = torch.arange(S, S + p)
-            seg[b, :p] = 0
-            last_ctx = len(flat_pos)
-            flat_pos.append(b * T + p - 1)
-            t = p
-            for j, cont in enumerate(conts):
-                n = len(cont) - 1
-                ids[b, t:t + n] = torch.tensor(cont[:-1], dtype=torch.long)
-                pos[b, t:t + n] = torch.arange(S + p, S + p + n)
-                seg[b, t:t + n] = j + 1
-                # hidden at last context token predicts cont[0]; at block offset o predicts cont[o+1]
-                pair_pos.append(last_ctx)
-                for o in range(n):
-                    pair_pos.append(len(flat_pos))
-                    flat_pos.append(b * T + t + o)
-                pair_tgt.extend(cont)
-                pair_req.extend([n_req] * len(cont))
-                n_req += 1
-                t += n
-        self.stats["ll_real_tokens"] += int((seg >= 0).sum())
-        ids, pos, seg = ids.to(dev), pos.to(dev), seg.to(dev)
-        valid = seg >= 0
-        allowed = (pos[:, None, :] <= pos[:, :, None]) & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))
-        allowed &= valid[:, None, :] & valid[:, :, None]
-        allowed |= torch.eye(T, dtype=torch.bool, device=dev)[None]  # padding rows attend to themselves (no NaN)
+        ends = torch.arange(T).repeat(B, 1)
+        flat_pos: list[int] = []  # row-major index of each scored node
+        slot_of: dict[int, int] = {}
+        pair_slot, pair_tgt, pair_req, req_keys = [], [], [], []
+        for b, ((_, seqs), r) in enumerate(zip(rows, built)):
+            n = len(r.tokens)
+            ids[b, :n] = torch.tensor(r.tokens, dtype=torch.long)
+            pos[b, :n] = torch.tensor(r.depths, dtype=torch.long)
+            ends[b, :n] = torch.tensor(r.ends, dtype=torch.long)
+            for x, path in zip(seqs, r.paths):
+                for c in conts_of[x]:
+                    start = len(x) - len(c) - S
+                    for o, t in enumerate(c):
+                        f = b * T + path[start + o]
+                        slot = slot_of.get(f)
+                        if slot is None:
+                            slot = slot_of[f] = len(flat_pos)
+                            flat_pos.append(f)
+                        pair_slot.append(slot)
+                        pair_tgt.append(t)
+                        pair_req.append(len(req_keys))
+                    req_keys.append((b, (x, c)))
+        self.stats["ll_real_tokens"] += sum(len(r.tokens) for r in built)
+        ids, pos, ends = ids.to(dev), pos.to(dev), ends.to(dev)
+        allowed = ancestor_mask(ends)
         dtype = self.model.dtype
         mask = torch.zeros(B, 1, T, S + T, dtype=dtype, device=dev)
         mask[..., S:].masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        kw = {self._cache_kw: self._prefix_cache(rows[0][0][:S], B, "ll")} if S else {}
+        del allowed
+        kw = {self._cache_kw: self._prefix_cache(list(rows[0][1][0][:S]), B, "ll")} if S else {}
         hidden = self.model.base_model(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw
         ).last_hidden_state
-        del mask, allowed
+        del mask
         self.stats["ll_forward_tokens"] += B * T
         h = hidden.reshape(B * T, -1)[torch.tensor(flat_pos, device=dev)]
         del hidden
-        pp = torch.tensor(pair_pos, device=dev)
+        pp = torch.tensor(pair_slot, device=dev)
         pt = torch.tensor(pair_tgt, device=dev)
-        logp_pairs = torch.empty(len(pair_pos), dtype=torch.float32, device=dev)
+        logp_pairs = torch.empty(len(pair_slot), dtype=torch.float32, device=dev)
         greedy_tok = torch.empty(len(flat_pos), dtype=torch.long, device=dev)
         head = self.model.get_output_embeddings()
         softcap = getattr(self.model.config, "final_logit_softcapping", None)
@@ -447,14 +463,13 @@ class FastLM(TemplateLM):
             sel = (pp >= c0) & (pp < c1)
             logp_pairs[sel] = logp[pp[sel] - c0, pt[sel]]
         self.stats["ll_scored_positions"] += len(flat_pos)
+        n_req = len(req_keys)
         pr = torch.tensor(pair_req, device=dev)
         total = torch.zeros(n_req, dtype=torch.float64, device=dev).index_add_(0, pr, logp_pairs.double())
         miss = torch.zeros(n_req, dtype=torch.long, device=dev).index_add_(0, pr, (greedy_tok[pp] != pt).long())
-        total, miss = total.tolist(), miss.tolist()
-        out, k = [], 0
-        for _, conts in rows:
-            out.append([(float(total[k + j]), miss[k + j] == 0) for j in range(len(conts))])
-            k += len(conts)
+        out: list[list] = [[] for _ in range(B)]
+        for (b, key), lp, m in zip(req_keys, total.tolist(), miss.tolist()):
+            out[b].append((key, (float(lp), m == 0)))
         return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:

@@ -23,6 +23,8 @@ CONTEXTS = [
     FEWSHOT + "Q: What is 12 plus 30?\nA:",
 ]
 CONTINUATIONS = [" Paris", " London, a city of many bridges", "mat", " mat.", " yes", " no", " 4", "\n\nThe end."]
+# WinoGrande-style: contexts differ after a shared start, the continuation is the same
+WINO = [("The trophy would not fit in the brown suitcase because the " + w, " was too big.") for w in ("trophy", "suitcase")]
 
 
 def _inst(kind, args, i=0):
@@ -33,6 +35,7 @@ def _ll_requests():
     reqs = [_inst("loglikelihood", (c, x)) for c in CONTEXTS for x in CONTINUATIONS]
     reqs.append(_inst("loglikelihood", ("", " An empty context scores after BOS.")))
     reqs.append(_inst("loglikelihood", ("The capital of France is", " Paris")))  # duplicate request
+    reqs += [_inst("loglikelihood", pair) for pair in WINO]
     return reqs
 
 
@@ -68,6 +71,18 @@ def test_loglikelihood_tokenisation_matches_hf(fast, hf_lm):
     pairs = [(c, x) for x in CONTINUATIONS for c in CONTEXTS[:3]] + [("Answer: ", "yes"), ("Answer:", " yes")]
     for c, x in pairs:
         assert fast._encode_pair(c, x) == hf_lm._encode_pair(c, x)
+
+
+def test_shared_tokens_run_once(smol, hf_lm):
+    """Requests whose inputs share leading tokens (different contexts, as in WinoGrande, or
+    one context's choices) compute each distinct prefix once, with HF's answers."""
+    model, tok = smol
+    lm = FastLM(model, tok, max_length=2048)
+    reqs = [_inst("loglikelihood", p) for p in WINO + [(CONTEXTS[2], " yes"), (CONTEXTS[2], " yes, it is")]]
+    _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf_lm.loglikelihood(reqs, disable_tqdm=True))
+    inputs = [tuple(c + x)[:-1] for c, x in (lm._encode_pair(*r.args) for r in reqs)]
+    distinct = {s[:k] for s in inputs for k in range(1, len(s) + 1)}
+    assert lm.stats["ll_real_tokens"] == len(distinct) < sum(map(len, set(inputs)))
 
 
 def test_tiny_budget_gives_same_answers(smol, hf_ll):
