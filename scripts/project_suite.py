@@ -41,8 +41,10 @@ DEVICES = {  # bf16 dense peak FLOP/s and memory bandwidth (bytes/s), vendor dat
 }
 
 
-def matmul_params(preset: str) -> tuple[int, int, int]:
-    """(body, lm_head, embedding) parameter counts of a random-model preset, built on the meta device."""
+def matmul_params(preset: str) -> tuple[int, int, int, float]:
+    """(body, lm_head, embedding) parameter counts of a random-model preset, built on the meta
+    device, and the fast backend's merge ratio for it (fast.merge_ratio)."""
+    from evals.backends.fast import merge_ratio
     from evals.random_model import build_random
 
     model, _, _ = build_random(preset, "bfloat16", "meta")
@@ -50,7 +52,7 @@ def matmul_params(preset: str) -> tuple[int, int, int]:
     emb = model.get_input_embeddings().weight
     total = sum(p.numel() for p in model.parameters())
     tied = head is emb
-    return total - emb.numel() - (0 if tied else head.numel()), head.numel(), emb.numel()
+    return total - emb.numel() - (0 if tied else head.numel()), head.numel(), emb.numel(), merge_ratio(model)
 
 
 def once_tokens(seqs: list) -> int:
@@ -62,23 +64,21 @@ def once_tokens(seqs: list) -> int:
     return sum(len(q) - s for q, s in zip(seqs, shared)) + sum(prefix_once.values())
 
 
-def count_work(name: str, insts, lm) -> dict:
-    """Request counts, tokens and the fast backend's work for one benchmark's requests."""
+def count_work(name: str, insts, lm, ratio: float | None = None) -> dict:
+    """Request counts, tokens and the fast backend's work for one benchmark's requests
+    (`ratio`: the merge ratio of the model; default from lm.model)."""
     from bench_runner import hf_work
+
+    from evals.backends.fast import merge_ratio, plan_loglikelihood
 
     kind = insts[0].request_type
     rec = {"request_type": kind, "n_docs": len({(i.task_name, i.doc_id) for i in insts}), "n_requests": len(insts)}
     if kind == "loglikelihood":
-        groups: dict[tuple, set] = {}
-        workload = 0
-        for inst in insts:
-            ctx, cont = lm._encode_pair(*inst.args)
-            workload += len(ctx) + len(cont)
-            groups.setdefault(tuple(ctx), set()).add(tuple(cont))
-        cont_body = sum(len(x) - 1 for conts in groups.values() for x in conts)
+        pairs = [lm._encode_pair(*inst.args) for inst in insts]
+        plan = plan_loglikelihood(pairs, lm.max_length, ratio if ratio is not None else merge_ratio(lm.model))
         hf_tok = hf_work(lm, insts)
-        rec.update(workload_tokens=workload, fast_forward_tokens=once_tokens(list(groups)) + cont_body,
-                   fast_logit_positions=len(groups) + cont_body, hf_forward_tokens=hf_tok, hf_logit_positions=hf_tok)
+        rec.update(workload_tokens=sum(len(c) + len(x) for c, x in pairs), fast_forward_tokens=plan.forward_tokens(),
+                   fast_logit_positions=plan.scored_positions(), hf_forward_tokens=hf_tok, hf_logit_positions=hf_tok)
     else:
         prompts, gen = [], 0
         for inst in insts:
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     from evals.backends.fast import FastLM
     from evals.random_model import embedded_tokenizer
 
-    body, head, emb = matmul_params(args.preset)
+    body, head, emb, ratio = matmul_params(args.preset)
     tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else embedded_tokenizer()
     tok_label = args.tokenizer or "embedded SmolLM2-135M tokenizer (not the model's own)"
 
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
           f"{'floor s':>9}{'measured s':>11}{'hf s':>9}", flush=True)
     for name in names:
         _, insts = build_requests(name, 10**9, tm, None)
-        rec = count_work(name, insts, lm)
+        rec = count_work(name, insts, lm, ratio)
         rec["floor_s"] = round(floor_seconds(rec, body, head, peak, args.mfu, bw, args.gen_batch), 1)
         rate = per_task.get(name) or per_kind.get(rec["request_type"])
         rec["measured_s"] = round(rec["workload_tokens"] / rate, 1) if rate else None
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         "command": " ".join(["python", *sys.argv]),
         "preset": args.preset, "tokenizer": tok_label, "device": args.device, "peak_flops": peak,
         "memory_bandwidth": bw, "mfu": args.mfu, "gen_batch": args.gen_batch,
-        "body_params": body, "lm_head_params": head, "embedding_params": emb,
+        "body_params": body, "lm_head_params": head, "embedding_params": emb, "merge_ratio": round(ratio, 1),
         "bench_inputs": meta, "benchmarks": rows,
         "total_floor_s": round(tot_floor, 1),
         "total_measured_s": round(tot_meas, 1) if per_task or per_kind else None,

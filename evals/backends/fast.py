@@ -35,6 +35,7 @@ import inspect
 import logging
 import os
 from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -131,6 +132,82 @@ def share_clusters(prefixes: list) -> tuple[list, list[int]]:
                 keys[k], shared[k] = i, common
         i = j
     return keys, shared
+
+
+def merge_ratio(model: Any) -> float:
+    """Matrix-product FLOPs per token over attention FLOPs per token pair, which decides when
+    inputs share a trie row (prefix_trie.pack_rows): non-embedding parameters over
+    2 x layers x hidden size (1530 for SmolLM2-135M, 15400 for Phi-2); 1000 if the config
+    does not say."""
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None)
+    hidden = getattr(cfg, "hidden_size", None)
+    if not (isinstance(layers, int) and isinstance(hidden, int)) or layers * hidden <= 0:
+        return 1000.0
+    emb = model.get_input_embeddings().weight.numel()
+    return max(1.0, (sum(p.numel() for p in model.parameters()) - emb) / (2 * layers * hidden))
+
+
+@dataclass
+class LoglikelihoodPlan:
+    """How log-likelihood requests become packed rows (see plan_loglikelihood)."""
+
+    keys: list  # (input, continuation) of each request
+    conts_of: dict  # input -> its continuations (dict as an ordered set)
+    rows: list  # (shared prefix length S, sorted inputs) of each row
+    row_keys: list  # cluster of each row (None: no prefix shared with other rows)
+    lengths: list  # S + trie nodes of each row (the prefix KV cache costs memory in every row)
+    pad: list  # trie nodes of each row (the part that is padded; the prefix runs once)
+
+    def forward_tokens(self) -> int:
+        """Tokens forwarded, without padding: every row's trie nodes, each cluster's prefix once."""
+        prefixes = {k: s for k, (s, _) in zip(self.row_keys, self.rows) if k is not None}
+        return sum(self.pad) + sum(prefixes.values())
+
+    def scored_positions(self) -> int:
+        """Distinct trie nodes where lm_head runs."""
+        n = 0
+        for S, seqs in self.rows:
+            row = build_row(seqs, S)
+            nodes = set()
+            for x, path in zip(seqs, row.paths):
+                nodes.update(path[len(x) - max(map(len, self.conts_of[x])) - S:])
+            n += len(nodes)
+        return n
+
+
+def plan_loglikelihood(pairs: list, max_length: int, ratio: float) -> LoglikelihoodPlan:
+    """Rows for (context tokens, continuation tokens) pairs, truncated like HFLM to
+    max_length + 1 tokens. A request's model input is (context + continuation)[:-1]; its last
+    len(continuation) positions predict the continuation. Inputs whose distinct contexts share
+    >= SHARE_MIN tokens (a few-shot prompt) form a cluster: that prefix runs once, as a KV
+    cache, and the cluster's rows are batched together; within a cluster (or among the
+    rest), sorted inputs are packed into prefix-trie rows (prefix_trie.pack_rows)."""
+    conts_of: dict[tuple, dict[tuple, None]] = defaultdict(dict)
+    keys = []
+    for ctx, cont in pairs:
+        assert len(ctx) > 0 and 0 < len(cont) <= max_length
+        full = (ctx + cont)[-(max_length + 1):]
+        x, c = tuple(full[:-1]), tuple(cont)
+        conts_of[x][c] = None
+        keys.append((x, c))
+    seqs = sorted(conts_of)
+    parts = [x[: len(x) - max(map(len, conts_of[x]))] for x in seqs]
+    distinct = list(dict.fromkeys(parts))
+    part_keys, part_shared = share_clusters(distinct)
+    of_part = {p: (k, s) for p, k, s in zip(distinct, part_keys, part_shared)}
+    members: dict = defaultdict(list)
+    for i, p in enumerate(parts):
+        members[of_part[p]].append(i)
+    plan = LoglikelihoodPlan(keys, conts_of, [], [], [], [])
+    cap = max(1024, max_length)
+    for (key, S), idx in members.items():
+        for part, nodes in pack_rows([seqs[i] for i in idx], S, cap, ratio):
+            plan.rows.append((S, [seqs[idx[k]] for k in part]))
+            plan.row_keys.append(key)
+            plan.lengths.append(S + nodes)
+            plan.pad.append(nodes)
+    return plan
 
 
 try:  # transformers >= 4.56: caches made of per-layer objects
@@ -338,58 +415,18 @@ class FastLM(TemplateLM):
         self.peak_memory_bytes = max(self.peak_memory_bytes, peak_memory_bytes(self._device))
 
     # ----- log-likelihood ---------------------------------------------------------------
-    @property
-    def merge_ratio(self) -> float:
-        """Matrix-product FLOPs per token over attention FLOPs per token pair, for deciding
-        when sequences share a row (prefix_trie.pack_rows): non-embedding parameters over
-        2 x layers x hidden size (1530 for SmolLM2-135M, 15400 for Phi-2); 1000 if the config
-        does not say."""
-        cfg = self.model.config
-        layers = getattr(cfg, "num_hidden_layers", None)
-        hidden = getattr(cfg, "hidden_size", None)
-        if not (isinstance(layers, int) and isinstance(hidden, int)) or layers * hidden <= 0:
-            return 1000.0
-        emb = self.model.get_input_embeddings().weight.numel()
-        return max(1.0, (sum(p.numel() for p in self.model.parameters()) - emb) / (2 * layers * hidden))
-
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """Score (request_str, context_enc, continuation_enc) triples over prefix-trie rows."""
-        L = self.max_length
-        conts_of: dict[tuple, dict[tuple, None]] = defaultdict(dict)  # model input -> continuations
-        keys = []
-        for _, ctx, cont in requests:
-            assert len(ctx) > 0 and 0 < len(cont) <= L
-            full = (ctx + cont)[-(L + 1):]
-            x, c = tuple(full[:-1]), tuple(cont)  # the last len(c) positions of x predict c
-            conts_of[x][c] = None
-            keys.append((x, c))
-        seqs = sorted(conts_of)
-        # sequences whose distinct contexts (unscored parts) share >= SHARE_MIN tokens (a few-shot
-        # prompt) form a cluster: its prefix runs once, as a KV cache, and its rows are batched
-        # together; sharing within one context is the trie's
-        parts = [x[: len(x) - max(map(len, conts_of[x]))] for x in seqs]
-        distinct = list(dict.fromkeys(parts))
-        part_keys, part_shared = share_clusters(distinct)
-        of_part = {p: (k, s) for p, k, s in zip(distinct, part_keys, part_shared)}
-        members: dict = defaultdict(list)
-        for i, p in enumerate(parts):
-            members[of_part[p]].append(i)
-        rows, row_keys, lengths, pad = [], [], [], []
-        cap, ratio = max(1024, L), self.merge_ratio
-        for (key, S), idx in members.items():
-            for part, nodes in pack_rows([seqs[i] for i in idx], S, cap, ratio):
-                rows.append((S, [seqs[idx[k]] for k in part]))
-                row_keys.append(key)
-                lengths.append(S + nodes)  # the prefix KV cache costs memory in every row
-                pad.append(nodes)  # but runs once, unpadded
+        plan = plan_loglikelihood([(ctx, cont) for _, ctx, cont in requests], self.max_length, merge_ratio(self.model))
+        rows, conts_of = plan.rows, plan.conts_of
         try:
             with torch.inference_mode(), attention_kernels(self._device):
-                per_row = run_batched(lengths, lambda ix: self._score_rows([rows[i] for i in ix], conts_of),
-                                      self.budget, row_keys, pad)
+                per_row = run_batched(plan.lengths, lambda ix: self._score_rows([rows[i] for i in ix], conts_of),
+                                      self.budget, plan.row_keys, plan.pad)
         finally:
             self._prefix = None
         answers = {k: ans for row_res in per_row for k, ans in row_res}
-        res = [answers[k] for k in keys]
+        res = [answers[k] for k in plan.keys]
         for (req_str, _, _), ans in zip(requests, res):
             if req_str is not None:
                 self.cache_hook.add_partial("loglikelihood", req_str, ans)

@@ -18,10 +18,10 @@ from typing import Sequence
 import torch
 
 
-def lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two sequences."""
+def lcp(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
+    """Length of the longest common prefix of two sequences known to agree before `start`."""
     n = min(len(a), len(b))
-    k = 0
+    k = start
     while k < n and a[k] == b[k]:
         k += 1
     return k
@@ -42,7 +42,7 @@ def pack_rows(seqs: Sequence[Sequence[int]], shared: int, cap: int, merge_ratio:
     nodes = 0
     for i, s in enumerate(seqs):
         if idx:
-            l = lcp(s, seqs[idx[-1]]) - shared
+            l = lcp(s, seqs[idx[-1]], shared) - shared
             n = len(s) - shared - l
             extra_pairs = (nodes + n) ** 2 - nodes ** 2 - (n + l) ** 2
             if nodes + n <= cap and l * merge_ratio > extra_pairs:
@@ -74,7 +74,7 @@ def build_row(seqs: Sequence[Sequence[int]], shared: int) -> TrieRow:
     path: list[int] = []  # node at each depth (from `shared`) of the previous sequence
     prev: Sequence[int] | None = None
     for s in seqs:
-        keep = lcp(s, prev) - shared if prev is not None else 0
+        keep = lcp(s, prev, shared) - shared if prev is not None else 0
         del path[keep:]
         for d in range(shared + keep, len(s)):
             parent.append(path[-1] if path else -1)
