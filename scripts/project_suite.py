@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import os
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,16 @@ def once_tokens(seqs: list) -> int:
     keys, shared = share_clusters(seqs)
     prefix_once = {k: s for k, s in zip(keys, shared) if k is not None}
     return sum(len(q) - s for q, s in zip(seqs, shared)) + sum(prefix_once.values())
+
+
+def token_counter(tokenizer, max_length: int, max_gen_toks: int = 256):
+    """A FastLM that tokenises like the backend but holds no model (for counting work)."""
+    from evals.backends.fast import FastLM
+
+    lm = FastLM.__new__(FastLM)
+    lm.tokenizer, lm._max_length, lm._max_gen_toks = tokenizer, max_length, max_gen_toks
+    lm._recent_enc, lm.add_bos_token = OrderedDict(), None
+    return lm
 
 
 def count_work(name: str, insts, lm, ratio: float | None = None) -> dict:
@@ -137,21 +148,15 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from bench_runner import build_requests
-    from evals.backends.fast import FastLM
     from evals.random_model import embedded_tokenizer
 
     body, head, emb, ratio = matmul_params(args.preset)
     tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else embedded_tokenizer()
     tok_label = args.tokenizer or "embedded SmolLM2-135M tokenizer (not the model's own)"
 
-    class _Counter(FastLM):  # FastLM's tokenisation without a model
-        def __init__(self, tokenizer):  # noqa: D107 - bypass model setup
-            self.tokenizer, self._max_length, self._max_gen_toks = tokenizer, 2048, 256
-
     from evals.random_model import load_preset
 
-    lm = _Counter(tok)
-    lm._max_length = int(load_preset(args.preset)["config"].get("max_position_embeddings", 2048))
+    lm = token_counter(tok, int(load_preset(args.preset)["config"].get("max_position_embeddings", 2048)))
     suite = yaml.safe_load((ROOT / "configs" / "suites" / "phi2.yaml").read_text())
     names = args.benchmarks.split(",") if args.benchmarks else [
         b["benchmark"] for c in suite["categories"] for b in c["benchmarks"]]

@@ -269,3 +269,15 @@ def test_reserved_kv_layer_equals_concatenation():
         assert torch.equal(kp, kr) and torch.equal(vp, vr)
         assert plain.get_seq_length() == reserved.get_seq_length() == 6 + step
         assert reserved.layers[0]._in_buffer() == (step < 2)  # no copy while the reserve lasts
+
+
+def test_loglikelihood_rolling_matches_hf(smol):
+    """Rolling windows (perplexity tasks) over trie rows give HFLM's totals."""
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = smol
+    hf = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=32, device="cpu")
+    lm = FastLM(model, tok, max_length=32)
+    reqs = [_inst("loglikelihood_rolling", (text,), i) for i, text in enumerate([FEWSHOT, CONTEXTS[2], FEWSHOT[:90]])]
+    got, ref = lm.loglikelihood_rolling(reqs), hf.loglikelihood_rolling(reqs, disable_tqdm=True)
+    assert len(got) == 3 and all(abs(a - b) < 1e-4 for a, b in zip(got, ref))
