@@ -1,0 +1,91 @@
+"""Fast backend at a git revision against the working tree: same model, documents and process,
+alternating, per task seconds of each (best of --rounds) and their ratio.
+
+    python scripts/bench_backend_ab.py --rev 81ff485 --tasks piqa,hellaswag --limit 200
+
+The old evals/backends/fast.py is loaded from `git show REV:...` as a module of its own; it
+imports the working tree's other modules (batching.py), so pick revisions whose fast.py fits
+them. Answers are compared too: the largest log-likelihood difference between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def load_old_fastlm(rev: str):
+    """FastLM class of evals/backends/fast.py at git revision `rev` (not registered with lm-eval)."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:evals/backends/fast.py"],
+                         check=True, capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"fast_{rev}.py"
+    path.write_text(src)
+    import lm_eval.api.registry as registry
+
+    real = registry.register_model
+    registry.register_model = lambda *a, **k: (lambda cls: cls)  # the name is taken by the current one
+    try:
+        spec = importlib.util.spec_from_file_location(f"fast_{rev}", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        registry.register_model = real
+    return mod.FastLM
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rev", required=True, help="git revision of the old backend")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--tasks", default="piqa,winogrande,hellaswag")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON path for the record")
+    args = p.parse_args(argv)
+    os.environ.setdefault("PHI2EVAL_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    from lm_eval.tasks import TaskManager
+
+    from bench_runner import build_requests, load
+    from evals.backends.fast import FastLM
+
+    Old = load_old_fastlm(args.rev)
+    model, tok, info = load(args.model, "cpu", "float32")
+    max_len = int(info.get("max_length") or 2048)
+    tm = TaskManager(include_path=str(ROOT / "configs" / "tasks"), include_defaults=False)
+    record = {"command": " ".join(["python", *sys.argv]), "rev": args.rev, "tasks": {}}
+    print(f"{'task':<14}{'old s':>14}{'new s':>14}{'new/old':>9}{'max|dLL|':>10}", flush=True)
+    for name in args.tasks.split(","):
+        kind, insts = build_requests(name, args.limit, tm, None)
+        if kind != "loglikelihood":
+            raise SystemExit(f"{name}: only log-likelihood tasks are compared")
+        times, outs = {"old": [], "new": []}, {}
+        for r in range(args.rounds):
+            pairs = [("old", Old), ("new", FastLM)]
+            for label, cls in pairs if r % 2 == 0 else pairs[::-1]:
+                lm = cls(model, tok, max_length=max_len)
+                t = time.perf_counter()
+                outs[label] = lm.loglikelihood(insts, disable_tqdm=True)
+                times[label].append(round(time.perf_counter() - t, 2))
+        diff = max(abs(a[0] - b[0]) for a, b in zip(outs["old"], outs["new"]))
+        ratio = min(times["new"]) / min(times["old"])
+        record["tasks"][name] = {"old_s": times["old"], "new_s": times["new"], "new_over_old": round(ratio, 3),
+                                 "max_abs_loglik_diff": diff}
+        print(f"{name:<14}{str(times['old']):>14}{str(times['new']):>14}{ratio:>9.3f}{diff:>10.1e}", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
