@@ -176,13 +176,16 @@ class LoglikelihoodPlan:
         return n
 
 
-def plan_loglikelihood(pairs: list, max_length: int, ratio: float) -> LoglikelihoodPlan:
+def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool = False) -> LoglikelihoodPlan:
     """Rows for (context tokens, continuation tokens) pairs, truncated like HFLM to
     max_length + 1 tokens. A request's model input is (context + continuation)[:-1]; its last
     len(continuation) positions predict the continuation. Inputs whose distinct contexts share
     >= SHARE_MIN tokens (a few-shot prompt) form a cluster: that prefix runs once, as a KV
     cache, and the cluster's rows are batched together; within a cluster (or among the
-    rest), sorted inputs are packed into prefix-trie rows (prefix_trie.pack_rows)."""
+    rest), sorted inputs are packed into prefix-trie rows (prefix_trie.pack_rows).
+
+    `local`: a row holds the inputs of one context only, so a request's numbers do not depend
+    on which other documents are in the run (the same bit for bit with 1 or N processes)."""
     conts_of: dict[tuple, dict[tuple, None]] = defaultdict(dict)
     keys = []
     for ctx, cont in pairs:
@@ -198,10 +201,10 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float) -> Loglikelih
     of_part = {p: (k, s) for p, k, s in zip(distinct, part_keys, part_shared)}
     members: dict = defaultdict(list)
     for i, p in enumerate(parts):
-        members[of_part[p]].append(i)
+        members[of_part[p] + ((p,) if local else ())].append(i)
     plan = LoglikelihoodPlan(keys, conts_of, [], [], [], [])
     cap = max(1024, max_length)
-    for (key, S), idx in members.items():
+    for (key, S, *_), idx in members.items():
         for part, nodes in pack_rows([seqs[i] for i in idx], S, cap, ratio):
             plan.rows.append((S, [seqs[idx[k]] for k in part]))
             plan.row_keys.append(key)
@@ -294,7 +297,8 @@ class FastLM(TemplateLM):
         max_gen_toks: int = 256,
         **kwargs: Any,
     ) -> None:
-        """`batch_size` (int) caps rows per batch; `token_budget` caps padded tokens per batch
+        """`batch_size` (int) caps rows per batch (1: also rows of one context each, so results do
+        not depend on the other documents of the run); `token_budget` caps padded tokens per batch
         (default: from free CUDA memory, or a fixed CPU default). `model` may also be a path
         or hub id (lm-eval's `pretrained=`), loaded with AutoModelForCausalLM."""
         super().__init__()
@@ -417,7 +421,9 @@ class FastLM(TemplateLM):
     # ----- log-likelihood ---------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """Score (request_str, context_enc, continuation_enc) triples over prefix-trie rows."""
-        plan = plan_loglikelihood([(ctx, cont) for _, ctx, cont in requests], self.max_length, merge_ratio(self.model))
+        # batch size 1 asks for results that do not depend on the rest of the run: rows of one context
+        plan = plan_loglikelihood([(ctx, cont) for _, ctx, cont in requests], self.max_length,
+                                  merge_ratio(self.model), local=self.budget.max_rows == 1)
         rows, conts_of = plan.rows, plan.conts_of
         try:
             with torch.inference_mode(), attention_kernels(self._device):

@@ -85,6 +85,18 @@ def test_shared_tokens_run_once(smol, hf_lm):
     assert lm.stats["ll_real_tokens"] == len(distinct) < sum(map(len, set(inputs)))
 
 
+def test_batch_size_one_scores_each_context_alone(smol):
+    """At batch size 1 a request's numbers do not depend on the other requests of the run
+    (what makes 1 and N processes agree bit for bit): no row mixes contexts."""
+    model, tok = smol
+    lm = FastLM(model, tok, max_length=2048, batch_size=1)
+    alone = lm.loglikelihood([_inst("loglikelihood", WINO[0])], disable_tqdm=True)
+    mixed = lm.loglikelihood([_inst("loglikelihood", p) for p in WINO[::-1]], disable_tqdm=True)
+    assert alone[0] == mixed[1]
+    x0, x1 = (len(sum(lm._encode_pair(*p), [])) - 1 for p in WINO)
+    assert lm.stats["ll_real_tokens"] == 2 * x0 + x1  # the shared start ran once per context
+
+
 def test_tiny_budget_gives_same_answers(smol, hf_ll):
     model, tok = smol
     lm = FastLM(model, tok, max_length=2048, token_budget=16)  # one row per batch
