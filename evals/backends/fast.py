@@ -326,6 +326,7 @@ class FastLM(TemplateLM):
             self.budget.max_pad_waste = gpu_pad_waste(model, self.budget.tokens)
         self.add_bos_token = None
         self._prefix = None  # (token tuple, KV cache) of the last shared prefix
+        self._merge_ratio = merge_ratio(model)  # fixed per model; decides trie row packing
         self._recent_enc: OrderedDict = OrderedDict()  # see tok_encode
         self.peak_memory_bytes = 0
         self.stats: dict[str, int] = defaultdict(int)
@@ -423,7 +424,7 @@ class FastLM(TemplateLM):
         """Score (request_str, context_enc, continuation_enc) triples over prefix-trie rows."""
         # batch size 1 asks for results that do not depend on the rest of the run: rows of one context
         plan = plan_loglikelihood([(ctx, cont) for _, ctx, cont in requests], self.max_length,
-                                  merge_ratio(self.model), local=self.budget.max_rows == 1)
+                                  self._merge_ratio, local=self.budget.max_rows == 1)
         rows, conts_of = plan.rows, plan.conts_of
         try:
             with torch.inference_mode(), attention_kernels(self._device):

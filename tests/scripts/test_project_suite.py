@@ -50,15 +50,13 @@ def test_generation_work_counts_max_new_tokens(embedded_model):
 
 def test_token_counter_counts_like_the_backend(embedded_model):
     """main() counts with a model-less FastLM: same tokens, same work as the real backend."""
-    from evals.backends.fast import FastLM
+    from evals.backends.fast import FastLM, merge_ratio
 
     lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048)
     counter = project_suite.token_counter(embedded_model.tokenizer, 2048)
     gen = [Instance(request_type="generate_until", doc={}, arguments=(c, {"until": ["\n"]}), idx=0, metadata=("t", i, 1))
            for i, c in enumerate(CONTEXTS)]
     assert project_suite.count_work("t", gen, counter) == project_suite.count_work("t", gen, lm)
-    from evals.backends.fast import merge_ratio
-
     ll = project_suite.count_work("t", _requests(), counter, merge_ratio(embedded_model.model))
     assert ll == project_suite.count_work("t", _requests(), lm)
 
