@@ -57,7 +57,8 @@ def _run_options(args, limit):
 
     return RunOptions(model=args.model, limit=limit, data_dir=args.data_dir, output_dir=args.output_dir,
                       backend=args.backend, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                      max_gen_toks=args.max_gen_toks, cache=not args.no_cache, cache_dir=args.cache_dir)
+                      max_gen_toks=args.max_gen_toks, static_cache=args.static_cache,
+                      cache=not args.no_cache, cache_dir=args.cache_dir)
 
 
 def cmd_run(args) -> int:
@@ -110,6 +111,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-gen-toks", type=int, default=None,
                    help="override every generative task's token limit (recorded in the result); default: each "
                         "YAML's own (bbh 512, gsm8k 256, squad_v2 32, humaneval/mbpp 512)")
+    p.add_argument("--static-cache", action="store_true",
+                   help="fast backend: greedy generation through transformers' generate with a static KV cache, "
+                        "which transformers compiles (torch.compile, CUDA graphs) on CUDA; same text, first "
+                        "batches pay the compile time")
     _add_cache_dir(p)
     p.add_argument("--no-cache", action="store_true",
                    help="neither reuse nor store finished requests (default: cache them, so a rerun resumes)")

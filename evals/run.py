@@ -32,8 +32,14 @@ class RunOptions:
     dtype: str | None = None
     batch_size: int | None = None
     max_gen_toks: int | None = None  # overrides every generative task's limit (recorded); None: the YAML's
+    static_cache: bool = False  # fast backend: greedy generation with a static KV cache (compiled on CUDA)
     cache: bool = True  # reuse/store finished requests in the request cache (evals/cache.py)
     cache_dir: Path | None = None  # default .cache/phi2eval or $PHI2EVAL_CACHE_DIR
+
+
+def backend_label(opts: RunOptions) -> str:
+    """The backend as results and the request cache record it ('fast', 'hf', 'fast+static-cache')."""
+    return opts.backend + ("+static-cache" if opts.static_cache else "")
 
 
 def use_data_dir(data_dir: Path | None) -> Path | None:
@@ -98,6 +104,9 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     from evals.models import load_model, resolve, slug
 
     benches = config.select(names)
+    if opts.static_cache and opts.backend != "fast":
+        raise ConfigError(f"--static-cache is an option of the fast backend, not {opts.backend}: "
+                          "drop it or use --backend fast")
     source = resolve(opts.model)  # an unknown model fails before any data is read
     world = distributed.world_from_env()
     if world.local_size > 1 and source.get("device_map"):
@@ -115,8 +124,9 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     loaded = load_model(opts.model, distributed.process_device(world, opts.device), opts.dtype)
     procs = f"; {world.size} processes (data parallel)" if world.size > 1 else ""
     log(f"phi2eval: loaded {loaded.info['name']} ({loaded.info['source']}) on {loaded.info['device']} "
-        f"{loaded.info['dtype']} in {time.time() - t0:.1f} s; backend {opts.backend}{procs}")
-    inner = make_lm(opts.backend, loaded, batch_size=opts.batch_size, max_gen_toks=opts.max_gen_toks or DEFAULT_MAX_GEN_TOKS)
+        f"{loaded.info['dtype']} in {time.time() - t0:.1f} s; backend {backend_label(opts)}{procs}")
+    inner = make_lm(opts.backend, loaded, batch_size=opts.batch_size, max_gen_toks=opts.max_gen_toks or DEFAULT_MAX_GEN_TOKS,
+                    static_cache=opts.static_cache)
     store = open_cache(opts, loaded.info, inner, world, log) if opts.cache else None
     counter = request_cache.CachedLM(inner, store)
     lm = distributed.DistributedLM(counter, world) if world.size > 1 else counter
@@ -150,7 +160,7 @@ def open_cache(opts: RunOptions, info: dict, inner, world, log):
     from evals import cache as request_cache
     from evals import distributed
 
-    identity = request_cache.model_identity(info, opts.backend, getattr(inner, "max_length", None),
+    identity = request_cache.model_identity(info, backend_label(opts), getattr(inner, "max_length", None),
                                             getattr(inner, "max_gen_toks", opts.max_gen_toks or DEFAULT_MAX_GEN_TOKS))
     path = request_cache.cache_file(request_cache.cache_dir(opts.cache_dir), identity)
     if world.local_rank != 0:
@@ -204,7 +214,7 @@ def run_one(bench: config.Benchmark, lm, tm, model_info: dict, opts: RunOptions,
                      "source": bench.source, "config_file": str(bench.path.relative_to(paths.config_dir().parent)),
                      "config_sha256": config.config_sha256(bench),
                      "max_gen_toks_override": opts.max_gen_toks},
-        "model": {k: v for k, v in {**model_info, "backend": opts.backend}.items() if k != "path"},
+        "model": {k: v for k, v in {**model_info, "backend": backend_label(opts)}.items() if k != "path"},
         "data": {"source": "local" if data_dir else "hub", "hub_path": bench.hub_path,
                  "files": data.file_hashes([bench.name, *bench.subtasks], data_dir) if data_dir else {}},
         "env": environment(model_info.get("device", "cpu")),

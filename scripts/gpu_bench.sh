@@ -8,7 +8,7 @@
 #   run(command="OUT=$OUT bash scripts/gpu_bench.sh", carry=[".gpu"], timeout_s=540)   # device tool
 #
 # The machine has torch + transformers; the rest comes from .gpu/ (see gpu_prep.sh).
-# BENCH_STEPS picks steps (default smoke,mc,gen; also probe, fp32).
+# BENCH_STEPS picks steps (default smoke,mc,gen; also probe, genstatic, fp32).
 # BENCH_DEVICE=cpu BENCH_SCALE=smoke BENCH_MODEL=random:tiny-phi rehearse it on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +94,12 @@ fi
 # --- gen: GSM8K 8-shot prompts, greedy, 256 new tokens (random weights never stop early) -
 if step gen; then
   bench 150 gpu_phi2_gsm8k.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256
+fi
+
+# --- genstatic: the same generation with --static-cache (transformers' static KV cache,
+# compiled with CUDA graphs); the first batches pay the compile time, so 256 documents
+if step genstatic; then
+  bench 200 gpu_phi2_gsm8k_static.json --tasks gsm8k --limit 256 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 --static-cache
 fi
 
 # --- fp32: the same model in float32 on the GPU, to separate bf16 rounding from bugs -----

@@ -172,6 +172,22 @@ def test_prompts_longer_than_the_context_are_counted(world, monkeypatch, capsys)
     assert "7 request(s) of arc_easy were longer than the model's context (8 tokens)" in capsys.readouterr().out
 
 
+def test_static_cache_needs_the_fast_backend(world, capsys):
+    err = fails(world, capsys, "arc_easy", "--backend", "hf", "--static-cache")
+    assert "--static-cache is an option of the fast backend, not hf: drop it or use --backend fast" in err
+
+
+def test_static_cache_reaches_the_backend_and_is_recorded(world, monkeypatch):
+    seen = {}
+    fake_model(monkeypatch, ShortContextLM())
+    monkeypatch.setattr("evals.backends.make_lm", lambda *a, **k: seen.update(k) or ShortContextLM())
+    assert cli.main(["run", "arc_easy", "--output-dir", str(world["out"]), "--static-cache"]) == 0
+    from evals.results import read_result
+
+    assert seen["static_cache"] is True
+    assert read_result(world["earlier"])["model"]["backend"] == "fast+static-cache"
+
+
 def test_partial_run_never_replaces_a_complete_result(world, monkeypatch):
     fake_model(monkeypatch, ShortContextLM())
     assert cli.main(["run", "arc_easy", "--limit", "1", "--output-dir", str(world["out"])]) == 0

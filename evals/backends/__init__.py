@@ -6,18 +6,21 @@ HF_BATCH_SIZE = 16
 
 
 def make_lm(backend: str, loaded, batch_size: int | None = None, max_gen_toks: int = 256,
-            token_budget: int | None = None):
+            token_budget: int | None = None, static_cache: bool = False):
     """Build the lm-eval LM named `backend` ('fast' = ours, 'hf' = lm-eval's HFLM) for `loaded`.
 
-    `batch_size` caps rows per batch (None: 16 for hf; the token budget alone for fast).
+    `batch_size` caps rows per batch (None: 16 for hf; the token budget alone for fast);
+    `static_cache` (fast only): greedy generation with a static KV cache, compiled on CUDA.
     """
     if backend == "hf":
         from evals.backends.hf import make_hflm
 
+        if static_cache:
+            raise ValueError("--static-cache is an option of the fast backend: drop it or use --backend fast")
         return make_hflm(loaded, batch_size=batch_size or HF_BATCH_SIZE, max_gen_toks=max_gen_toks)
     if backend == "fast":
         from evals.backends.fast import FastLM
 
         return FastLM(loaded.model, loaded.tokenizer, batch_size=batch_size, max_length=loaded.info["max_length"],
-                      token_budget=token_budget, max_gen_toks=max_gen_toks)
+                      token_budget=token_budget, max_gen_toks=max_gen_toks, static_cache=static_cache)
     raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

@@ -25,6 +25,11 @@ Generation (greedy)
     holds a stop sequence whose cut can no longer move; finished rows leave the batch.
   * Output text = HFLM's post-processing (cut at the first stop sequence).
   * Sampling or unusual generation kwargs fall back to `model.generate` exactly as HFLM calls it.
+  * Optional (`static_cache=True`, `--static-cache`): greedy batches run through transformers'
+    `generate` with a static KV cache, whose decoding step transformers compiles with
+    torch.compile (CUDA graphs) on CUDA. Shapes are bucketed so few graphs are compiled; rows
+    stay in the batch until all are finished and few-shot prefixes are not shared. Same text
+    as the default path on CPU (tested); its speed on a GPU is not measured yet.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ SHARE_MIN = 32  # shortest common prefix (tokens) worth running once per batch
 # generation: decoding steps cost about the same for 4 rows as for 1, so batches may hold rows
 # up to 1.5x shorter (left padding) instead of log-likelihood's 1.1x
 GEN_PAD_RATIO = 1.5
+# static-cache generation: prompts left padded to a multiple of this many tokens and rows to a
+# power of two, so a run compiles a few decoding graphs, not one per batch
+STATIC_LEN_BUCKET = 256
 
 
 SDPA_ENV = "PHI2EVAL_SDPA"  # "default": leave PyTorch's choice of attention kernel alone
@@ -295,12 +303,14 @@ class FastLM(TemplateLM):
         max_length: int | None = None,
         token_budget: int | None = None,
         max_gen_toks: int = 256,
+        static_cache: bool = False,
         **kwargs: Any,
     ) -> None:
         """`batch_size` (int) caps rows per batch (1: also rows of one context each, so results do
         not depend on the other documents of the run); `token_budget` caps padded tokens per batch
         (default: from free CUDA memory, or a fixed CPU default). `model` may also be a path
-        or hub id (lm-eval's `pretrained=`), loaded with AutoModelForCausalLM."""
+        or hub id (lm-eval's `pretrained=`), loaded with AutoModelForCausalLM. `static_cache`:
+        greedy generation through transformers' generate with a static KV cache (compiled on CUDA)."""
         super().__init__()
         model = model if model is not None else kwargs.pop("pretrained", None)
         if isinstance(model, str):
@@ -320,6 +330,7 @@ class FastLM(TemplateLM):
                 log.warning("sdpa attention unavailable for this model; using eager")
         self._max_length = int(max_length) if max_length else None
         self._max_gen_toks = int(max_gen_toks)
+        self.static_cache = str(static_cache).lower() in ("1", "true", "yes")
         rows = int(batch_size) if str(batch_size or "").isdigit() else None
         self.budget = TokenBudget(int(token_budget or default_budget(self._device)), max_rows=rows)
         if self._device.type == "cuda":
@@ -572,8 +583,12 @@ class FastLM(TemplateLM):
                 prompts.append(enc[-max_ctx:])
             greedy = self._plain_greedy(kwargs)
             clusters, shared = share_clusters(prompts)
-            fn = (lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, shared[ix[0]])) if greedy else \
-                (lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs))
+            if greedy and self.static_cache:
+                fn = lambda ix: self._static_greedy_batch([prompts[j] for j in ix], until, max_gen)  # noqa: E731
+            elif greedy:
+                fn = lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, shared[ix[0]])  # noqa: E731
+            else:
+                fn = lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs)  # noqa: E731
             lengths = [len(p) + max_gen for p in prompts]
             pad = [n - s for n, s in zip(lengths, shared)]
             try:
@@ -587,8 +602,9 @@ class FastLM(TemplateLM):
         self._update_peak()
         return res  # type: ignore[return-value]
 
-    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        T = max(len(p) for p in prompts)
+    def _left_pad(self, prompts: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention mask) of `prompts` left padded to `width` (default: the longest)."""
+        T = max([len(p) for p in prompts] + [width or 0])
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(prompts), T), pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), T), dtype=torch.long)
@@ -657,6 +673,32 @@ class FastLM(TemplateLM):
                              use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
             next_pos = next_pos + 1
         return [postprocess_generated_text(self.tok_decode(g), until, None) for g in gen]
+
+    def _static_greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int) -> list[str]:
+        """Greedy decode one batch with transformers' generate and a static KV cache (on CUDA
+        transformers compiles its decoding step). The batch is padded to a power of two rows
+        (copies of the last prompt) and a multiple of STATIC_LEN_BUCKET tokens (at most
+        max_length - max_gen), so batches share compiled shapes; each row's text ends at its
+        first EOS token, as in _greedy_batch."""
+        n = len(prompts)
+        rows = 1 << (n - 1).bit_length()
+        batch = prompts + [prompts[-1]] * (rows - n)
+        longest = max(len(p) for p in batch)
+        width = min(-(-longest // STATIC_LEN_BUCKET) * STATIC_LEN_BUCKET, max(longest, self.max_length - max_gen))
+        ids, mask = self._left_pad(batch, width)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_gen, do_sample=False,
+            cache_implementation="static", pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=stop_sequences_criteria(self.tokenizer, until, width, rows),
+        )
+        self.stats["gen_prefill_tokens"] += ids.numel()
+        self.stats["gen_tokens"] += rows * (out.shape[1] - width)
+        eos = self._eos_ids()
+        texts = []
+        for row in out[:n, width:].tolist():
+            cut = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
+            texts.append(postprocess_generated_text(self.tok_decode(row[:cut]), until, None))
+        return texts
 
     def _hf_generate_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, kwargs: dict) -> list[str]:
         """Fallback for sampling / unusual kwargs: HFLM._model_generate on one batch."""
