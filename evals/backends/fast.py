@@ -331,6 +331,15 @@ class FastLM(TemplateLM):
         self._max_length = int(max_length) if max_length else None
         self._max_gen_toks = int(max_gen_toks)
         self.static_cache = str(static_cache).lower() in ("1", "true", "yes")
+        self._static_shapes: set[tuple[int, int, int]] = set()  # (rows, width, max_gen) run so far
+        if self.static_cache and self._device.type == "cuda":
+            # transformers compiles one graph per batch shape; the default limit (8) would send
+            # later shapes of a suite back to eager
+            import torch._dynamo
+
+            cfg = torch._dynamo.config
+            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+            setattr(cfg, name, max(getattr(cfg, name), 64))
         rows = int(batch_size) if str(batch_size or "").isdigit() else None
         self.budget = TokenBudget(int(token_budget or default_budget(self._device)), max_rows=rows)
         if self._device.type == "cuda":
@@ -584,7 +593,9 @@ class FastLM(TemplateLM):
             greedy = self._plain_greedy(kwargs)
             clusters, shared = share_clusters(prompts)
             if greedy and self.static_cache:
-                fn = lambda ix: self._static_greedy_batch([prompts[j] for j in ix], until, max_gen)  # noqa: E731
+                # one prompt width per group (a benchmark): its batches share compiled shapes
+                width = min(-(-max(map(len, prompts)) // STATIC_LEN_BUCKET) * STATIC_LEN_BUCKET, max_ctx)
+                fn = lambda ix: self._static_greedy_batch([prompts[j] for j in ix], until, max_gen, width)  # noqa: E731
             elif greedy:
                 fn = lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, shared[ix[0]])  # noqa: E731
             else:
@@ -674,17 +685,18 @@ class FastLM(TemplateLM):
             next_pos = next_pos + 1
         return [postprocess_generated_text(self.tok_decode(g), until, None) for g in gen]
 
-    def _static_greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int) -> list[str]:
+    def _static_greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, width: int) -> list[str]:
         """Greedy decode one batch with transformers' generate and a static KV cache (on CUDA
-        transformers compiles its decoding step). The batch is padded to a power of two rows
-        (copies of the last prompt) and a multiple of STATIC_LEN_BUCKET tokens (at most
-        max_length - max_gen), so batches share compiled shapes; each row's text ends at its
-        first EOS token, as in _greedy_batch."""
+        transformers compiles its decoding step), prompts left padded to `width` tokens. Rows
+        are padded (copies of the last prompt) to the fewest rows of a shape already run at this
+        width and length, else to a power of two, so a run compiles few graphs: a decoding step
+        costs about the same for a few more rows. Each row's text ends at its first EOS token,
+        as in _greedy_batch."""
         n = len(prompts)
-        rows = 1 << (n - 1).bit_length()
+        seen = [r for r, w, g in self._static_shapes if (w, g) == (width, max_gen) and r >= n]
+        rows = min(seen) if seen else 1 << (n - 1).bit_length()
+        self._static_shapes.add((rows, width, max_gen))
         batch = prompts + [prompts[-1]] * (rows - n)
-        longest = max(len(p) for p in batch)
-        width = min(-(-longest // STATIC_LEN_BUCKET) * STATIC_LEN_BUCKET, max(longest, self.max_length - max_gen))
         ids, mask = self._left_pad(batch, width)
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, max_new_tokens=max_gen, do_sample=False,

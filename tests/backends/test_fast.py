@@ -213,6 +213,9 @@ def test_static_cache_batches_have_bucketed_shapes(smol, monkeypatch):
     assert shapes == [((4, STATIC_LEN_BUCKET), "static")] and len(got) == 3
     prompts = [tok(p)["input_ids"] for p in GEN_PROMPTS[:3]]
     assert got == lm._greedy_batch(prompts, ["\n"], 6)
+    lm.generate_until(reqs[:1], disable_tqdm=True)  # one row runs in the 4-row shape already compiled
+    lm.generate_until(reqs, disable_tqdm=True)
+    assert shapes[1:] == [((4, STATIC_LEN_BUCKET), "static")] * 2
 
 
 def test_generation_tokens_identical_to_hf_generate(fast, smol):
