@@ -5,8 +5,11 @@ Counts the work of every request of the fourteen benchmarks on the full data (lm
 the requests from configs/tasks, exactly as a run does), then turns it into time two ways:
 
   floor     matrix-product FLOPs at a stated model FLOPs utilisation of the device's bf16
-            peak (log-likelihood and prompt prefill), plus decoding bounded by reading the
-            weights once per step from memory (batch rows decode together).
+            peak (log-likelihood and prompt prefill), plus decoding bounded by memory reads:
+            the weights once per step (batch rows decode together) and, for every row at
+            every step, the KV cache of its prompt and of the tokens generated so far (each
+            row holds its own copy, a shared few-shot prefix included, as the backend's
+            decoding does).
   measured  (--bench, from scripts/bench_runner.py JSON of the same model and device) each
             benchmark's workload tokens over the measured tokens/s of the fast backend for
             that task, or for its request type when the task was not measured.
@@ -40,6 +43,14 @@ DEVICES = {  # bf16 dense peak FLOP/s and memory bandwidth (bytes/s), vendor dat
     "h100": (989e12, 3.35e12),
     "a100": (312e12, 2.0e12),
 }
+
+
+def kv_bytes_per_token(config, bytes_per_value: int = 2) -> int:
+    """Bytes of KV cache one token takes in all layers (bf16): 2 x layers x KV heads x head dim x 2."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * bytes_per_value
 
 
 def matmul_params(preset: str) -> tuple[int, int, int, float]:
@@ -91,18 +102,23 @@ def count_work(name: str, insts, lm, ratio: float | None = None) -> dict:
         rec.update(workload_tokens=sum(len(c) + len(x) for c, x in pairs), fast_forward_tokens=plan.forward_tokens(),
                    fast_logit_positions=plan.scored_positions(), hf_forward_tokens=hf_tok, hf_logit_positions=hf_tok)
     else:
-        prompts, gen = [], 0
+        prompts, gen, kv_reads = [], 0, 0
         for inst in insts:
             ctx, kw = inst.args
             prompts.append(lm.tok_encode(ctx))
-            gen += int(kw.get("max_gen_toks", lm.max_gen_toks))
+            g = int(kw.get("max_gen_toks", lm.max_gen_toks))
+            gen += g
+            # step t (0..g-1) attends to the prompt (cut to max_length - g, as the backend does) and t tokens
+            kv_reads += g * min(len(prompts[-1]), max(1, lm.max_length - g)) + g * (g - 1) // 2
         rec.update(workload_tokens=sum(map(len, prompts)) + gen, prompt_tokens=sum(map(len, prompts)),
-                   fast_prefill_tokens=once_tokens(prompts), max_new_tokens=gen)
+                   fast_prefill_tokens=once_tokens(prompts), max_new_tokens=gen, kv_token_reads=kv_reads)
     return rec
 
 
-def floor_seconds(rec: dict, body: int, head: int, peak: float, mfu: float, bw: float, gen_batch: int) -> float:
-    """Time floor of one benchmark: FLOPs at `mfu` of `peak`, decode steps at one weight read each."""
+def floor_seconds(rec: dict, body: int, head: int, peak: float, mfu: float, bw: float, gen_batch: int,
+                  kv_bytes: int = 0) -> float:
+    """Time floor of one benchmark: FLOPs at `mfu` of `peak`; decoding at least one weight read
+    per step plus every row's KV cache read per step (`kv_bytes` per cached token)."""
     if rec["request_type"] == "loglikelihood":
         flops = 2 * body * rec["fast_forward_tokens"] + 2 * head * rec["fast_logit_positions"]
         rec["flops"] = flops
@@ -112,7 +128,9 @@ def floor_seconds(rec: dict, body: int, head: int, peak: float, mfu: float, bw: 
     rec["flops"] = flops
     prefill = (2 * body * rec["fast_prefill_tokens"] + 2 * head * n) / (peak * mfu)
     steps = -(-n // gen_batch) * (rec["max_new_tokens"] / n)  # batches x tokens per prompt
-    decode = max(steps * 2 * (body + head) / bw, 2 * (body + head) * rec["max_new_tokens"] / (peak * mfu))
+    reads = steps * 2 * (body + head) + rec.get("kv_token_reads", 0) * kv_bytes
+    rec["decode_read_bytes"] = int(reads)
+    decode = max(reads / bw, 2 * (body + head) * rec["max_new_tokens"] / (peak * mfu))
     return prefill + decode
 
 
@@ -151,12 +169,15 @@ def main(argv=None) -> int:
     from evals.random_model import embedded_tokenizer
 
     body, head, emb, ratio = matmul_params(args.preset)
+    from evals.random_model import load_preset
+    from transformers import AutoConfig
+
+    spec = load_preset(args.preset)
+    kv_bytes = kv_bytes_per_token(AutoConfig.for_model(spec["model_type"], **spec["config"]))
     tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else embedded_tokenizer()
     tok_label = args.tokenizer or "embedded SmolLM2-135M tokenizer (not the model's own)"
 
-    from evals.random_model import load_preset
-
-    lm = token_counter(tok, int(load_preset(args.preset)["config"].get("max_position_embeddings", 2048)))
+    lm = token_counter(tok, int(spec["config"].get("max_position_embeddings", 2048)))
     suite = yaml.safe_load((ROOT / "configs" / "suites" / "phi2.yaml").read_text())
     names = args.benchmarks.split(",") if args.benchmarks else [
         b["benchmark"] for c in suite["categories"] for b in c["benchmarks"]]
@@ -170,7 +191,7 @@ def main(argv=None) -> int:
     for name in names:
         _, insts = build_requests(name, 10**9, tm, None)
         rec = count_work(name, insts, lm, ratio)
-        rec["floor_s"] = round(floor_seconds(rec, body, head, peak, args.mfu, bw, args.gen_batch), 1)
+        rec["floor_s"] = round(floor_seconds(rec, body, head, peak, args.mfu, bw, args.gen_batch, kv_bytes), 1)
         rate = per_task.get(name) or per_kind.get(rec["request_type"])
         rec["measured_s"] = round(rec["workload_tokens"] / rate, 1) if rate else None
         rec["measured_from"] = "task" if name in per_task else ("request type" if rate else None)
@@ -187,7 +208,8 @@ def main(argv=None) -> int:
               f"{rec['flops'] / 1e12:>8.0f}{rec['floor_s']:>9.1f}{ms:>11}{hs:>9}", flush=True)
     measured_all = all(r["measured_s"] is not None for r in rows.values())
     print(f"total floor: {tot_floor / 60:.1f} min ({args.device}, {args.mfu:.0%} of {peak / 1e12:.0f} TFLOP/s, "
-          f"decode batch {args.gen_batch} at {bw / 1e12:.2f} TB/s; generation at max_gen_toks)")
+          f"decode batch {args.gen_batch} at {bw / 1e12:.2f} TB/s, weights and {kv_bytes // 1024} KiB of KV cache "
+          f"per cached token read per step; generation at max_gen_toks)")
     if per_task or per_kind:
         print(f"total from measured rates: fast {tot_meas / 60:.1f} min, hf {tot_hf / 60:.1f} min"
               + ("" if measured_all else " (some benchmarks unmeasured)"))
@@ -198,7 +220,7 @@ def main(argv=None) -> int:
         "command": " ".join(["python", *sys.argv]),
         "preset": args.preset, "tokenizer": tok_label, "device": args.device, "peak_flops": peak,
         "memory_bandwidth": bw, "mfu": args.mfu, "gen_batch": args.gen_batch,
-        "body_params": body, "lm_head_params": head, "embedding_params": emb, "merge_ratio": round(ratio, 1),
+        "body_params": body, "kv_bytes_per_token": kv_bytes, "lm_head_params": head, "embedding_params": emb, "merge_ratio": round(ratio, 1),
         "bench_inputs": meta, "benchmarks": rows,
         "total_floor_s": round(tot_floor, 1),
         "total_measured_s": round(tot_meas, 1) if per_task or per_kind else None,

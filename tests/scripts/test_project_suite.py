@@ -45,6 +45,7 @@ def test_generation_work_counts_max_new_tokens(embedded_model):
     rec = project_suite.count_work("t", reqs, lm)
     prompt = sum(len(lm.tok_encode(c)) for c in CONTEXTS)
     assert rec["prompt_tokens"] == prompt and rec["max_new_tokens"] == 4 * 32
+    assert rec["kv_token_reads"] == 32 * prompt + 4 * (32 * 31 // 2)  # every step reads the prompt and what it made
     assert rec["fast_prefill_tokens"] < prompt  # the shared few-shot prefix is prefilled once
 
 
@@ -69,3 +70,21 @@ def test_floor_arithmetic():
     secs = project_suite.floor_seconds(gen, body=10**9, head=0, peak=1e18, mfu=1.0, bw=1e12, gen_batch=8)
     # 2 batches x 10 steps, each step reads 2 GB of bf16 weights at 1 TB/s; compute is negligible
     assert secs == pytest.approx(20 * 2e9 / 1e12, rel=1e-3)
+
+
+def test_decode_floor_reads_every_rows_kv_cache():
+    gen = {"request_type": "generate_until", "n_requests": 8, "fast_prefill_tokens": 0, "max_new_tokens": 8 * 10,
+           "kv_token_reads": 8 * (10 * 100 + 45)}
+    secs = project_suite.floor_seconds(gen, body=10**9, head=0, peak=1e18, mfu=1.0, bw=1e12, gen_batch=8, kv_bytes=1000)
+    # 1 batch x 10 steps x 2 GB of weights, plus 8 rows x (10 steps x 100 prompt tokens + 45) x 1 kB of KV
+    assert secs == pytest.approx((10 * 2e9 + 8 * 1045 * 1000) / 1e12, rel=1e-3)
+    assert gen["decode_read_bytes"] == 10 * 2 * 10**9 + 8 * 1045 * 1000
+
+
+def test_kv_bytes_per_token_follows_the_config(embedded_model):
+    """Phi-2: 2 x 32 layers x 32 heads x 80 x 2 bytes; SmolLM2-135M (grouped-query): 3 KV heads of 64."""
+    from types import SimpleNamespace
+
+    phi2 = SimpleNamespace(num_attention_heads=32, num_key_value_heads=32, hidden_size=2560, num_hidden_layers=32)
+    assert project_suite.kv_bytes_per_token(phi2) == 327680
+    assert project_suite.kv_bytes_per_token(embedded_model.model.config) == 2 * 30 * 3 * 64 * 2
