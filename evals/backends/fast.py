@@ -69,8 +69,8 @@ SHARE_MIN = 32  # shortest common prefix (tokens) worth running once per batch
 # generation: decoding steps cost about the same for 4 rows as for 1, so batches may hold rows
 # up to 1.5x shorter (left padding) instead of log-likelihood's 1.1x
 GEN_PAD_RATIO = 1.5
-# static-cache generation: prompts left padded to a multiple of this many tokens and rows to a
-# power of two, so a run compiles a few decoding graphs, not one per batch
+# static-cache generation: a benchmark's prompts are left padded to one width, a multiple of this
+# many tokens (rows: see _static_greedy_batch), so a run compiles a few decoding graphs, not one per batch
 STATIC_LEN_BUCKET = 256
 
 
