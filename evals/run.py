@@ -100,13 +100,11 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     """
     from evals import cache as request_cache
     from evals import distributed
-    from evals.backends import make_lm
+    from evals.backends import check_options, make_lm
     from evals.models import load_model, resolve, slug
 
     benches = config.select(names)
-    if opts.static_cache and opts.backend != "fast":
-        raise ConfigError(f"--static-cache is an option of the fast backend, not {opts.backend}: "
-                          "drop it or use --backend fast")
+    check_options(opts.backend, opts.static_cache)
     source = resolve(opts.model)  # an unknown model fails before any data is read
     world = distributed.world_from_env()
     if world.local_size > 1 and source.get("device_map"):

@@ -5,6 +5,15 @@ DEFAULT_BACKEND = "fast"
 HF_BATCH_SIZE = 16
 
 
+def check_options(backend: str, static_cache: bool = False) -> None:
+    """Raise ConfigError for options the backend does not have (before any model is loaded)."""
+    from evals.errors import ConfigError
+
+    if static_cache and backend != "fast":
+        raise ConfigError(f"--static-cache is an option of the fast backend, not {backend}: "
+                          "drop it or use --backend fast")
+
+
 def make_lm(backend: str, loaded, batch_size: int | None = None, max_gen_toks: int = 256,
             token_budget: int | None = None, static_cache: bool = False):
     """Build the lm-eval LM named `backend` ('fast' = ours, 'hf' = lm-eval's HFLM) for `loaded`.
@@ -12,11 +21,10 @@ def make_lm(backend: str, loaded, batch_size: int | None = None, max_gen_toks: i
     `batch_size` caps rows per batch (None: 16 for hf; the token budget alone for fast);
     `static_cache` (fast only): greedy generation with a static KV cache, compiled on CUDA.
     """
+    check_options(backend, static_cache)
     if backend == "hf":
         from evals.backends.hf import make_hflm
 
-        if static_cache:
-            raise ValueError("--static-cache is an option of the fast backend: drop it or use --backend fast")
         return make_hflm(loaded, batch_size=batch_size or HF_BATCH_SIZE, max_gen_toks=max_gen_toks)
     if backend == "fast":
         from evals.backends.fast import FastLM
