@@ -218,7 +218,31 @@ def quiet_libraries(debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one-line errors with exit code 2 unless --debug."""
+    """Entry point: one-line errors with exit code 2 unless --debug.
+
+    A process of a torchrun launch run from the command line ends with os._exit once its output is
+    flushed: gloo's worker threads can abort the interpreter's shutdown (SIGABRT, "terminate called
+    without an active exception") after the results are written, which torchrun reports as a failure.
+    """
+    code = _main(argv)
+    if argv is None and _launched_with_several_processes():
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _launched_with_several_processes() -> bool:
+    """True inside a torchrun / accelerate launch of more than one process."""
+    from evals import distributed
+
+    return distributed.world_from_env().size > 1
+
+
+def _main(argv: list[str] | None) -> int:
+    """Parse the arguments and run the command, turning known errors into one line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_libraries(args.debug)

@@ -35,3 +35,28 @@ def test_unknown_benchmark_is_one_line_and_exit_2(capsys):
 def test_table_from_saved_results(tmp_path, capsys):
     assert cli.main(["table", "--results-dir", str(FIXTURE_RESULTS), "--out-dir", str(tmp_path), "--no-plots"]) == 0
     assert (tmp_path / "categories.md").is_file() and (tmp_path / "benchmarks.csv").is_file()
+
+
+class _Exited(Exception):
+    """os._exit, replaced in the test so that pytest survives it."""
+
+
+def test_a_torchrun_process_ends_with_os_exit_after_flushing(monkeypatch, capsys):
+    import os
+
+    def fake_exit(code):
+        raise _Exited(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr("sys.argv", ["phi2eval", "check", "hellaswg"])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    try:
+        cli.main()
+    except _Exited as exc:
+        assert exc.args == (2,)  # the command's own exit code
+    else:
+        raise AssertionError("a process of a two-process launch did not end with os._exit")
+    assert "did you mean hellaswag" in capsys.readouterr().err
+    assert cli.main(["check", "hellaswg"]) == 2  # called with arguments (tests, scripts): a plain return
+    monkeypatch.delenv("WORLD_SIZE")
+    assert cli.main() == 2  # a single process returns normally
