@@ -224,21 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     flushed: gloo's worker threads can abort the interpreter's shutdown (SIGABRT, "terminate called
     without an active exception") after the results are written, which torchrun reports as a failure.
     """
+    from evals import distributed
+
     code = _main(argv)
-    if argv is None and _launched_with_several_processes():
+    if argv is None and distributed.world_from_env().size > 1:
         import os
 
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
-
-
-def _launched_with_several_processes() -> bool:
-    """True inside a torchrun / accelerate launch of more than one process."""
-    from evals import distributed
-
-    return distributed.world_from_env().size > 1
 
 
 def _main(argv: list[str] | None) -> int:

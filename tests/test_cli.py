@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from evals import cli
 
 FIXTURE_RESULTS = Path(__file__).resolve().parent / "fixtures" / "results"
@@ -50,12 +52,9 @@ def test_a_torchrun_process_ends_with_os_exit_after_flushing(monkeypatch, capsys
     monkeypatch.setattr(os, "_exit", fake_exit)
     monkeypatch.setattr("sys.argv", ["phi2eval", "check", "hellaswg"])
     monkeypatch.setenv("WORLD_SIZE", "2")
-    try:
+    with pytest.raises(_Exited) as exited:
         cli.main()
-    except _Exited as exc:
-        assert exc.args == (2,)  # the command's own exit code
-    else:
-        raise AssertionError("a process of a two-process launch did not end with os._exit")
+    assert exited.value.args == (2,)  # the command's own exit code
     assert "did you mean hellaswag" in capsys.readouterr().err
     assert cli.main(["check", "hellaswg"]) == 2  # called with arguments (tests, scripts): a plain return
     monkeypatch.delenv("WORLD_SIZE")
