@@ -1,6 +1,7 @@
 """The phi2eval command: list | check | run | suite | table | report | cache."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -209,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
 def quiet_libraries(debug: bool) -> None:
     """Keep lm-eval's and transformers' chatter out of the output unless --debug."""
     import logging
-    import os
 
     if not debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -224,10 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     flushed: gloo's worker threads can abort the interpreter's shutdown (SIGABRT, "terminate called
     without an active exception") after the results are written, which torchrun reports as a failure.
     """
-    import os
-
     code = _main(argv)
-    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun's variable (see evals/distributed.py)
+    # torchrun's WORLD_SIZE read here: evals.distributed.world_from_env would import lm-eval for every command
+    if argv is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -240,8 +239,6 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     quiet_libraries(args.debug)
     if getattr(args, "no_exec", False):
-        import os
-
         os.environ["PHI2EVAL_NO_EXEC"] = "1"
     try:
         return args.func(args)
