@@ -38,6 +38,7 @@ def load_old_fastlm(rev: str):
     try:
         spec = importlib.util.spec_from_file_location(f"fast_{rev}", path)
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up there
         spec.loader.exec_module(mod)
     finally:
         registry.register_model = real

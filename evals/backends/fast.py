@@ -13,6 +13,9 @@ Log-likelihood
     saves. Single-token continuations (MMLU letters) share one input: one row position.
   * Contexts sharing >= SHARE_MIN tokens (a few-shot prompt) form a cluster whose prefix
     runs once per cluster, as a KV cache expanded to the rows of its batches.
+  * A batch's rows run unpadded, concatenated into one sequence (packed_attention.py): only
+    attention pays for padding; models whose attention is not SDPA through transformers'
+    AttentionInterface run padded rows.
   * The base model returns hidden states; lm_head and log-softmax run only at the scored
     positions, in float32, in chunks.
   * Rows are sorted longest first and batched to a token budget (batching.py); an OOM halves
@@ -59,6 +62,8 @@ from lm_eval.models.utils import (
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
 from evals.backends.batching import TokenBudget, default_budget, peak_memory_bytes, run_batched
+from evals.backends.packed_attention import PACK_KW, make_pack, packed
+from evals.backends.packed_attention import supports as supports_packed
 from evals.backends.prefix_trie import ancestor_mask, build_row, pack_rows
 
 log = logging.getLogger(__name__)
@@ -294,6 +299,7 @@ class FastLM(TemplateLM):
 
     backend = "causal"
     reserve_kv = True  # decode into a reserved KV buffer (ReservedLayer) instead of torch.cat
+    packed_rows = True  # log-likelihood rows run unpadded where the model allows (packed_attention.py)
 
     def __init__(
         self,
@@ -352,6 +358,9 @@ class FastLM(TemplateLM):
         self.stats: dict[str, int] = defaultdict(int)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # log-likelihood rows run unpadded (packed_attention.py) where the model allows it
+        self._n_layers = getattr(model.config, "num_hidden_layers", None)
+        self._packed = supports_packed(model) and isinstance(self._n_layers, int) and self.packed_rows
 
     # ----- lm-eval plumbing (HFLM semantics) -------------------------------------------
     @property
@@ -471,23 +480,22 @@ class FastLM(TemplateLM):
         dev = self._device
         B, S = len(rows), rows[0][0]
         built = [build_row(seqs, S) for _, seqs in rows]
-        T = max(len(r.tokens) for r in built)
-        ids = torch.zeros(B, T, dtype=torch.long)
-        pos = torch.zeros(B, T, dtype=torch.long)
+        lengths = [len(r.tokens) for r in built]
+        T = max(lengths)
+        pack = make_pack(lengths, S, dev) if self._packed else None
+        # index of row b's node t in the hidden states: padded [B, T], or packed (rows concatenated)
+        offsets = [b * T for b in range(B)] if pack is None else [sum(lengths[:b]) for b in range(B)]
         ends = torch.arange(T).repeat(B, 1)
-        flat_pos: list[int] = []  # row-major index of each scored node
+        flat_pos: list[int] = []  # index of each scored node
         slot_of: dict[int, int] = {}
         pair_slot, pair_tgt, pair_req, req_keys = [], [], [], []
         for b, ((_, seqs), r) in enumerate(zip(rows, built)):
-            n = len(r.tokens)
-            ids[b, :n] = torch.tensor(r.tokens, dtype=torch.long)
-            pos[b, :n] = torch.tensor(r.depths, dtype=torch.long)
-            ends[b, :n] = torch.tensor(r.ends, dtype=torch.long)
+            ends[b, : lengths[b]] = torch.tensor(r.ends, dtype=torch.long)
             for x, path in zip(seqs, r.paths):
                 for c in conts_of[x]:
                     start = len(x) - len(c) - S
                     for o, t in enumerate(c):
-                        f = b * T + path[start + o]
+                        f = offsets[b] + path[start + o]
                         slot = slot_of.get(f)
                         if slot is None:
                             slot = slot_of[f] = len(flat_pos)
@@ -496,20 +504,41 @@ class FastLM(TemplateLM):
                         pair_tgt.append(t)
                         pair_req.append(len(req_keys))
                     req_keys.append((b, (x, c)))
-        self.stats["ll_real_tokens"] += sum(len(r.tokens) for r in built)
+        self.stats["ll_real_tokens"] += sum(lengths)
+        if pack is None:
+            ids = torch.zeros(B, T, dtype=torch.long)
+            pos = torch.zeros(B, T, dtype=torch.long)
+            for b, r in enumerate(built):
+                ids[b, : lengths[b]] = torch.tensor(r.tokens, dtype=torch.long)
+                pos[b, : lengths[b]] = torch.tensor(r.depths, dtype=torch.long)
+        else:
+            ids = torch.tensor([[t for r in built for t in r.tokens]], dtype=torch.long)
+            pos = torch.tensor([[d for r in built for d in r.depths]], dtype=torch.long)
         ids, pos, ends = ids.to(dev), pos.to(dev), ends.to(dev)
         allowed = ancestor_mask(ends)
         dtype = self.model.dtype
         mask = torch.zeros(B, 1, T, S + T, dtype=dtype, device=dev)
         mask[..., S:].masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
         del allowed
-        kw = {self._cache_kw: self._prefix_cache(list(rows[0][1][0][:S]), B, "ll")} if S else {}
-        hidden = self.model.base_model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw
-        ).last_hidden_state
+        kw = {self._cache_kw: self._prefix_cache(list(rows[0][1][0][:S]), 1 if pack else B, "ll")} if S else {}
+        if pack is None:
+            hidden = self.model.base_model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw
+            ).last_hidden_state
+        else:
+            with packed(self.model):
+                hidden = self.model.base_model(
+                    input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw, **{PACK_KW: pack}
+                ).last_hidden_state
+            if pack.calls != self._n_layers:  # attention bypassed the interface: redo this batch padded
+                log.warning("%d of %d attention layers ran packed; this model runs padded rows from now on",
+                            pack.calls, self._n_layers)
+                self._packed = False
+                self.stats["ll_real_tokens"] -= sum(lengths)
+                return self._score_rows(rows, conts_of)
         del mask
-        self.stats["ll_forward_tokens"] += B * T
-        h = hidden.reshape(B * T, -1)[torch.tensor(flat_pos, device=dev)]
+        self.stats["ll_forward_tokens"] += sum(lengths) if pack is not None else B * T
+        h = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(flat_pos, device=dev)]
         del hidden
         pp = torch.tensor(pair_slot, device=dev)
         pt = torch.tensor(pair_tgt, device=dev)
