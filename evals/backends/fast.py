@@ -102,12 +102,16 @@ GPU_FORWARD_OVERHEAD_S = 0.025
 GPU_ASSUMED_FLOPS = 400e12  # bf16 matrix-product rate assumed for the trade-off (H100/H200)
 
 
-def gpu_pad_waste(model: Any, budget_tokens: int) -> int:
+def gpu_pad_waste(model: Any, budget_tokens: int, attention_only: bool = False) -> int:
     """Padded tokens per batch worth accepting on a GPU to save a batch (a forward pass): the
     tokens the model computes in GPU_FORWARD_OVERHEAD_S (1800 for Phi-2), at most a quarter
-    of the token budget."""
+    of the token budget. `attention_only` (packed rows, packed_attention.py): a padded token
+    costs only attention, about row length / merge_ratio of a real token; rows are taken as
+    1024 tokens long, so it is merge_ratio / 1024 times as many (not measured on a GPU yet)."""
     n_params = sum(p.numel() for p in model.parameters())
     per_s = GPU_ASSUMED_FLOPS / (2 * max(1, n_params))
+    if attention_only:
+        per_s *= max(1.0, merge_ratio(model) / 1024)
     return int(min(budget_tokens // 4, GPU_FORWARD_OVERHEAD_S * per_s))
 
 
@@ -348,8 +352,6 @@ class FastLM(TemplateLM):
             setattr(cfg, name, max(getattr(cfg, name), 64))
         rows = int(batch_size) if str(batch_size or "").isdigit() else None
         self.budget = TokenBudget(int(token_budget or default_budget(self._device)), max_rows=rows)
-        if self._device.type == "cuda":
-            self.budget.max_pad_waste = gpu_pad_waste(model, self.budget.tokens)
         self.add_bos_token = None
         self._prefix = None  # (token tuple, KV cache) of the last shared prefix
         self._merge_ratio = merge_ratio(model)  # fixed per model; decides trie row packing
@@ -361,6 +363,8 @@ class FastLM(TemplateLM):
         # log-likelihood rows run unpadded (packed_attention.py) where the model allows it
         self._n_layers = getattr(model.config, "num_hidden_layers", None)
         self._packed = supports_packed(model) and isinstance(self._n_layers, int) and self.packed_rows
+        if self._device.type == "cuda":
+            self.budget.max_pad_waste = gpu_pad_waste(model, self.budget.tokens, attention_only=self._packed)
 
     # ----- lm-eval plumbing (HFLM semantics) -------------------------------------------
     @property
