@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import itertools
 import logging
 import os
 from collections import OrderedDict, defaultdict
@@ -488,7 +489,7 @@ class FastLM(TemplateLM):
         T = max(lengths)
         pack = make_pack(lengths, S, dev) if self._packed else None
         # index of row b's node t in the hidden states: padded [B, T], or packed (rows concatenated)
-        offsets = [b * T for b in range(B)] if pack is None else [sum(lengths[:b]) for b in range(B)]
+        offsets = [b * T for b in range(B)] if pack is None else [0, *itertools.accumulate(lengths[:-1])]
         ends = torch.arange(T).repeat(B, 1)
         flat_pos: list[int] = []  # index of each scored node
         slot_of: dict[int, int] = {}

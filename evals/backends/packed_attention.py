@@ -31,21 +31,14 @@ class Pack:
 
     gather[b, t]: packed index of row b's token t (padding: 0, hidden by the mask);
     scatter[i]: b * T + t of packed token i; prefix: tokens of a shared KV-cache prefix that
-    every row sees before its own (the cache holds it once, batch size 1)."""
+    every row sees before its own (the cache holds it once, batch size 1); calls: attention
+    layers that ran packed."""
 
     gather: torch.Tensor
     scatter: torch.Tensor
+    gather_kv: torch.Tensor  # gather, flat, as indices into keys and values (after the prefix)
     prefix: int = 0
     calls: int = 0
-
-    @property
-    def gather_kv(self) -> torch.Tensor:
-        """gather, flat, as indices into keys and values (after the prefix)."""
-        if self._gather_kv is None:
-            self._gather_kv = (self.gather.view(-1) + self.prefix) if self.prefix else self.gather.view(-1)
-        return self._gather_kv
-
-    _gather_kv: torch.Tensor | None = None
 
 
 def make_pack(lengths: list[int], prefix: int, device: torch.device) -> Pack:
@@ -58,7 +51,9 @@ def make_pack(lengths: list[int], prefix: int, device: torch.device) -> Pack:
         gather[b, :n] = torch.arange(start, start + n)
         scatter.extend(range(b * T, b * T + n))
         start += n
-    return Pack(gather.to(device), torch.tensor(scatter, dtype=torch.long, device=device), prefix)
+    gather = gather.to(device)
+    scatter_t = torch.tensor(scatter, dtype=torch.long, device=device)
+    return Pack(gather, scatter_t, gather.view(-1) + prefix, prefix)
 
 
 def _rows(x: torch.Tensor, pack: Pack) -> torch.Tensor:
