@@ -509,7 +509,6 @@ class FastLM(TemplateLM):
                         pair_tgt.append(t)
                         pair_req.append(len(req_keys))
                     req_keys.append((b, (x, c)))
-        self.stats["ll_real_tokens"] += sum(lengths)
         if pack is None:
             ids = torch.zeros(B, T, dtype=torch.long)
             pos = torch.zeros(B, T, dtype=torch.long)
@@ -526,22 +525,19 @@ class FastLM(TemplateLM):
         mask[..., S:].masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
         del allowed
         kw = {self._cache_kw: self._prefix_cache(list(rows[0][1][0][:S]), 1 if pack else B, "ll")} if S else {}
-        if pack is None:
+        if pack is not None:
+            kw[PACK_KW] = pack
+        with packed(self.model) if pack is not None else contextlib.nullcontext():
             hidden = self.model.base_model(
                 input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw
             ).last_hidden_state
-        else:
-            with packed(self.model):
-                hidden = self.model.base_model(
-                    input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw, **{PACK_KW: pack}
-                ).last_hidden_state
-            if pack.calls != self._n_layers:  # attention bypassed the interface: redo this batch padded
-                log.warning("%d of %d attention layers ran packed; this model runs padded rows from now on",
-                            pack.calls, self._n_layers)
-                self._packed = False
-                self.stats["ll_real_tokens"] -= sum(lengths)
-                return self._score_rows(rows, conts_of)
         del mask
+        if pack is not None and pack.calls != self._n_layers:  # attention bypassed the interface: redo padded
+            log.warning("%d of %d attention layers ran packed; this model runs padded rows from now on",
+                        pack.calls, self._n_layers)
+            self._packed = False
+            return self._score_rows(rows, conts_of)
+        self.stats["ll_real_tokens"] += sum(lengths)
         self.stats["ll_forward_tokens"] += sum(lengths) if pack is not None else B * T
         h = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(flat_pos, device=dev)]
         del hidden

@@ -21,6 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
+try:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+except ImportError:  # pragma: no cover - transformers without it: supports() says no
+    sdpa_attention_forward = None
+
 PACKED = "phi2eval_packed"
 PACK_KW = "phi2eval_pack"
 
@@ -72,8 +77,6 @@ def packed_attention_forward(module, query, key, value, attention_mask, **kwargs
     the packed sequence; attention_mask [B, 1, T, prefix + T] of the padded rows. Runs
     transformers' SDPA attention on the gathered rows; returns ([1, N, H, d], None)."""
     pack: Pack | None = kwargs.pop(PACK_KW, None)
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if pack is None:  # a call that did not come from FastLM: plain SDPA
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     B, T = pack.gather.shape
@@ -91,7 +94,7 @@ def _register() -> bool:
     except ImportError:  # pragma: no cover - transformers without the interface
         return False
     AttentionInterface.register(PACKED, packed_attention_forward)
-    return True
+    return sdpa_attention_forward is not None
 
 
 _REGISTERED = _register()
