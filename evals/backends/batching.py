@@ -92,7 +92,7 @@ class TokenBudget:
 
 def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget: TokenBudget,
                keys: Sequence | None = None, pad_lengths: Sequence[int] | None = None,
-               pad_ratio: float | None = None) -> int:
+               pad_ratio: float | None = None, packed: bool = False) -> int:
     """End index (exclusive) of the batch beginning at order[start].
 
     Items are taken in `order` (longest first) while rows x longest <= budget.tokens,
@@ -101,16 +101,22 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
     padded, e.g. without a shared prefix) or the batch's padding stays within
     budget.max_pad_waste tokens, and (if `keys` is given) the key stays the same;
     a batch always holds at least one item.
+
+    `packed`: the batch runs unpadded (rows concatenated, each length group padded only inside
+    attention, see packed_groups), so it is cut at the sum of its lengths, not rows x longest,
+    and lengths may differ freely.
     """
     pad = pad_lengths if pad_lengths is not None else lengths
-    ratio = pad_ratio if pad_ratio is not None else budget.max_pad_ratio
+    ratio = None if packed else (pad_ratio if pad_ratio is not None else budget.max_pad_ratio)
     longest = 0
     pad_sum = 0
+    total = 0
     end = start
     while end < len(order):
         cand = max(longest, lengths[order[end]])
         rows = end - start + 1
-        if end > start and (cand * rows > budget.tokens or (budget.max_rows and rows > budget.max_rows)):
+        size = total + lengths[order[end]] if packed else cand * rows
+        if end > start and (size > budget.tokens or (budget.max_rows and rows > budget.max_rows)):
             break
         if end > start and keys is not None and keys[order[end]] != keys[order[start]]:
             break
@@ -120,8 +126,24 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
                 break
         longest = cand
         pad_sum += pad[order[end]]
+        total += lengths[order[end]]
         end += 1
     return end
+
+
+def packed_groups(lengths: Sequence[int], budget: TokenBudget) -> list[list[int]]:
+    """Runs of consecutive items (lengths longest first, as a packed batch holds them) that
+    attention pads to one length: budget.max_pad_ratio and budget.max_pad_waste decide where
+    a run ends, as they decide where a padded batch ends."""
+    rule = TokenBudget(MAX_TOKENS * max(1, len(lengths)), max_pad_ratio=budget.max_pad_ratio,
+                       max_pad_waste=budget.max_pad_waste)
+    order = list(range(len(lengths)))
+    groups, start = [], 0
+    while start < len(order):
+        end = take_batch(lengths, order, start, rule)
+        groups.append(order[start:end])
+        start = end
+    return groups
 
 
 def sort_order(lengths: Sequence[int], keys: Sequence | None = None) -> list[int]:
@@ -153,6 +175,7 @@ def run_batched(
     keys: Sequence | None = None,
     pad_lengths: Sequence[int] | None = None,
     pad_ratio: float | None = None,
+    packed: Callable[[], bool] | None = None,
 ) -> list[Any]:
     """Call fn on token-budget batches of item indices; return results in item order.
 
@@ -160,13 +183,14 @@ def run_batched(
     the same items are retried in smaller batches; finished results are never recomputed.
     A single item that runs out of memory twice re-raises the error. Items with different
     `keys` never share a batch; `pad_lengths` see take_batch; `pad_ratio` overrides
-    budget.max_pad_ratio.
+    budget.max_pad_ratio; `packed()` says whether the next batch runs unpadded (take_batch).
     """
     order = sort_order(lengths, keys)
     results: list[Any] = [None] * len(lengths)
     start, single_failures = 0, 0
     while start < len(order):
-        end = take_batch(lengths, order, start, budget, keys, pad_lengths, pad_ratio)
+        unpadded = bool(packed and packed())
+        end = take_batch(lengths, order, start, budget, keys, pad_lengths, pad_ratio, unpadded)
         idx = list(order[start:end])
         try:
             out = fn(idx)
@@ -180,7 +204,8 @@ def run_batched(
                 single_failures += 1
                 if single_failures > 1:
                     raise
-            budget.shrink(len(idx) * max(lengths[i] for i in idx))
+            sizes = [lengths[i] for i in idx]
+            budget.shrink(sum(sizes) if unpadded else len(idx) * max(sizes))
             continue
         if len(out) != len(idx):
             raise RuntimeError(f"batch function returned {len(out)} results for {len(idx)} items")

@@ -14,8 +14,10 @@ Log-likelihood
   * Contexts sharing >= SHARE_MIN tokens (a few-shot prompt) form a cluster whose prefix
     runs once per cluster, as a KV cache expanded to the rows of its batches.
   * A batch's rows run unpadded, concatenated into one sequence (packed_attention.py): only
-    attention pays for padding; models whose attention is not SDPA through transformers'
-    AttentionInterface run padded rows.
+    attention pays for padding, within groups of rows of similar length, so a batch takes rows
+    of any length up to the token budget in real tokens (larger matrices for the linear layers,
+    fewer forward passes); models whose attention is not SDPA through transformers'
+    AttentionInterface run padded rows, batched by padding.
   * The base model returns hidden states; lm_head and log-softmax run only at the scored
     positions, in float32, in chunks.
   * Rows are sorted longest first and batched to a token budget (batching.py); an OOM halves
@@ -62,7 +64,7 @@ from lm_eval.models.utils import (
 )
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
-from evals.backends.batching import TokenBudget, default_budget, peak_memory_bytes, run_batched
+from evals.backends.batching import TokenBudget, default_budget, packed_groups, peak_memory_bytes, run_batched
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.packed_attention import supports as supports_packed
 from evals.backends.prefix_trie import ancestor_mask, build_row, pack_rows
@@ -108,12 +110,29 @@ def gpu_pad_waste(model: Any, budget_tokens: int, attention_only: bool = False) 
     tokens the model computes in GPU_FORWARD_OVERHEAD_S (1800 for Phi-2), at most a quarter
     of the token budget. `attention_only` (packed rows, packed_attention.py): a padded token
     costs only attention, about row length / merge_ratio of a real token; rows are taken as
-    1024 tokens long, so it is merge_ratio / 1024 times as many (not measured on a GPU yet)."""
+    1024 tokens long, so it is merge_ratio / 1024 times as many. Packed batches are cut by real
+    tokens, so there it decides where attention groups split (packed_groups); a group costs
+    only its attention calls' launches, less than a forward pass, so this errs towards fewer,
+    more padded groups (not measured on a GPU yet)."""
     n_params = sum(p.numel() for p in model.parameters())
     per_s = GPU_ASSUMED_FLOPS / (2 * max(1, n_params))
     if attention_only:
         per_s *= max(1.0, merge_ratio(model) / 1024)
     return int(min(budget_tokens // 4, GPU_FORWARD_OVERHEAD_S * per_s))
+
+
+def row_mask(ends: list, prefix: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive attention mask [rows, 1, T, prefix + T] of trie rows padded to the longest (T),
+    from each row's subtree ends (prefix_trie.build_row): a node sees the shared prefix, itself
+    and its ancestors; a padding node only itself."""
+    T = max(map(len, ends))
+    e = torch.arange(T).repeat(len(ends), 1)
+    for b, row in enumerate(ends):
+        e[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+    allowed = ancestor_mask(e.to(device))
+    mask = torch.zeros(len(ends), 1, T, prefix + T, dtype=dtype, device=device)
+    mask[..., prefix:].masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return mask
 
 
 def common_prefix_len(seqs: list) -> int:
@@ -305,6 +324,12 @@ class FastLM(TemplateLM):
     backend = "causal"
     reserve_kv = True  # decode into a reserved KV buffer (ReservedLayer) instead of torch.cat
     packed_rows = True  # log-likelihood rows run unpadded where the model allows (packed_attention.py)
+    # packed batches hold rows of any length up to the token budget, padded only inside attention,
+    # per group of similar length (False: batches cut by padding, as padded rows are; one group).
+    # None: on CUDA only, where every forward pass has a fixed launch cost. On the CPU it gains
+    # nothing: HellaSwag/PIQA (200 docs) took 1.01x/1.00x the time at a 2048-token budget,
+    # 1.09x/1.07x at 4096, HellaSwag 1.15x at 8192 (larger activations fall out of the caches)
+    grouped_rows: bool | None = None
 
     def __init__(
         self,
@@ -364,6 +389,7 @@ class FastLM(TemplateLM):
         # log-likelihood rows run unpadded (packed_attention.py) where the model allows it
         self._n_layers = getattr(model.config, "num_hidden_layers", None)
         self._packed = supports_packed(model) and isinstance(self._n_layers, int) and self.packed_rows
+        self._grouped = self._device.type == "cuda" if self.grouped_rows is None else bool(self.grouped_rows)
         if self._device.type == "cuda":
             self.budget.max_pad_waste = gpu_pad_waste(model, self.budget.tokens, attention_only=self._packed)
 
@@ -463,7 +489,8 @@ class FastLM(TemplateLM):
         try:
             with torch.inference_mode(), attention_kernels(self._device):
                 per_row = run_batched(plan.lengths, lambda ix: self._score_rows([rows[i] for i in ix], conts_of),
-                                      self.budget, plan.row_keys, plan.pad)
+                                      self.budget, plan.row_keys, plan.pad,
+                                      packed=lambda: self._packed and self._grouped)
         finally:
             self._prefix = None
         answers = {k: ans for row_res in per_row for k, ans in row_res}
@@ -487,15 +514,15 @@ class FastLM(TemplateLM):
         built = [build_row(seqs, S) for _, seqs in rows]
         lengths = [len(r.tokens) for r in built]
         T = max(lengths)
-        pack = make_pack(lengths, S, dev) if self._packed else None
+        # packed: rows concatenated; attention pads each group of rows of similar length
+        groups = packed_groups(lengths, self.budget) if self._grouped else [list(range(B))]
+        pack = make_pack(lengths, S, dev, groups) if self._packed else None
         # index of row b's node t in the hidden states: padded [B, T], or packed (rows concatenated)
         offsets = [b * T for b in range(B)] if pack is None else [0, *itertools.accumulate(lengths[:-1])]
-        ends = torch.arange(T).repeat(B, 1)
         flat_pos: list[int] = []  # index of each scored node
         slot_of: dict[int, int] = {}
         pair_slot, pair_tgt, pair_req, req_keys = [], [], [], []
         for b, ((_, seqs), r) in enumerate(zip(rows, built)):
-            ends[b, : lengths[b]] = torch.tensor(r.ends, dtype=torch.long)
             for x, path in zip(seqs, r.paths):
                 for c in conts_of[x]:
                     start = len(x) - len(c) - S
@@ -518,12 +545,13 @@ class FastLM(TemplateLM):
         else:
             ids = torch.tensor([[t for r in built for t in r.tokens]], dtype=torch.long)
             pos = torch.tensor([[d for r in built for d in r.depths]], dtype=torch.long)
-        ids, pos, ends = ids.to(dev), pos.to(dev), ends.to(dev)
-        allowed = ancestor_mask(ends)
-        dtype = self.model.dtype
-        mask = torch.zeros(B, 1, T, S + T, dtype=dtype, device=dev)
-        mask[..., S:].masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
-        del allowed
+        ids, pos = ids.to(dev), pos.to(dev)
+        if pack is None:
+            mask = row_mask([r.ends for r in built], S, self.model.dtype, dev)
+        else:
+            for g, idx in zip(pack.groups, groups):
+                g.mask = row_mask([built[b].ends for b in idx], S, self.model.dtype, dev)
+            mask = pack.groups[0].mask  # what the model is given; each group's own mask is used
         kw = {self._cache_kw: self._prefix_cache(list(rows[0][1][0][:S]), 1 if pack else B, "ll")} if S else {}
         if pack is not None:
             kw[PACK_KW] = pack
@@ -532,11 +560,16 @@ class FastLM(TemplateLM):
                 input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw
             ).last_hidden_state
         del mask
+        if pack is not None:
+            for g in pack.groups:
+                g.mask = None
         if pack is not None and pack.calls != self._n_layers:  # attention bypassed the interface: redo padded
             log.warning("%d of %d attention layers ran packed; this model runs padded rows from now on",
                         pack.calls, self._n_layers)
             self._packed = False
             return self._score_rows(rows, conts_of)
+        self.stats["ll_batches"] += 1
+        self.stats["ll_attention_groups"] += len(pack.groups) if pack is not None else 1
         self.stats["ll_real_tokens"] += sum(lengths)
         self.stats["ll_forward_tokens"] += sum(lengths) if pack is not None else B * T
         h = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(flat_pos, device=dev)]

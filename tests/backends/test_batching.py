@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evals.backends.batching import TokenBudget, is_oom, plan_batches, run_batched
+from evals.backends.batching import TokenBudget, is_oom, packed_groups, plan_batches, run_batched
 
 
 def test_batches_respect_budget_and_cover_everything():
@@ -161,3 +161,37 @@ def test_run_batched_pad_ratio_overrides_budget():
     calls.clear()
     run_batched([100, 95, 90, 80], fn, TokenBudget(10_000))  # default 1.1
     assert calls == [[0, 1], [2], [3]]
+
+
+def test_packed_batches_cut_at_summed_lengths_whatever_the_padding():
+    calls = []
+
+    def fn(idx):
+        calls.append(list(idx))
+        return idx
+
+    lengths = [100, 60, 20, 10, 5]
+    run_batched(lengths, fn, TokenBudget(180), packed=lambda: True)
+    assert calls == [[0, 1, 2], [3, 4]]  # 180 real tokens, though padded it would be 300
+    calls.clear()
+    run_batched(lengths, fn, TokenBudget(180), packed=lambda: False)
+    assert calls == [[0], [1], [2], [3], [4]]  # padded: the 1.1 ratio rule
+
+
+def test_packed_oom_halves_from_the_failed_batchs_real_tokens():
+    budget = TokenBudget(1000)
+
+    def fn(idx):
+        if sum(lengths[i] for i in idx) > 100:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return idx
+
+    lengths = [60, 40, 30, 10]
+    assert run_batched(lengths, fn, budget, packed=lambda: True) == [0, 1, 2, 3]
+    assert budget.events[0].endswith("budget -> 70 tokens")  # half of the 140 that failed
+
+
+def test_packed_groups_are_runs_padded_within_the_ratio():
+    assert packed_groups([100, 95, 90, 80, 79, 10], TokenBudget(50)) == [[0, 1], [2], [3, 4], [5]]
+    # the GPU allowance joins rows while the group's padding stays small
+    assert packed_groups([100, 95, 90, 80], TokenBudget(50, max_pad_waste=40)) == [[0, 1, 2, 3]]
