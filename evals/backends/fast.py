@@ -515,8 +515,10 @@ class FastLM(TemplateLM):
         lengths = [len(r.tokens) for r in built]
         T = max(lengths)
         # packed: rows concatenated; attention pads each group of rows of similar length
-        groups = packed_groups(lengths, self.budget) if self._grouped else [list(range(B))]
-        pack = make_pack(lengths, S, dev, groups) if self._packed else None
+        pack, groups = None, None
+        if self._packed:
+            groups = packed_groups(lengths, self.budget) if self._grouped else [list(range(B))]
+            pack = make_pack(lengths, S, dev, groups)
         # index of row b's node t in the hidden states: padded [B, T], or packed (rows concatenated)
         offsets = [b * T for b in range(B)] if pack is None else [0, *itertools.accumulate(lengths[:-1])]
         flat_pos: list[int] = []  # index of each scored node

@@ -7,8 +7,8 @@ norms and rotary embeddings see real tokens only; each attention layer gathers t
 into padded [rows, heads, T, head_dim] blocks, one per group of rows of similar length, runs
 the model's own SDPA attention under each group's mask (on the CPU, small rows run
 small_attention instead), and scatters the result back. Only attention pays for padding, and
-only within a group, so a batch may hold rows of any length: its linear layers get the larger
-matrices that run nearer the hardware's rate.
+only within a group, so a batch may hold rows of any length (fewer forward passes; FastLM does
+this on CUDA only, as on the CPU it gained nothing).
 
 It works through transformers' AttentionInterface: while `packed(model)` is active the model's
 attention implementation is PACKED, whose function needs the `phi2eval_pack` keyword (a Pack)
