@@ -50,7 +50,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -65,13 +64,13 @@ from lm_eval.models.utils import (
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
 from evals.backends.batching import TokenBudget, default_budget, packed_groups, peak_memory_bytes, run_batched
+from evals.backends.lm_head import HeadScorer
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.packed_attention import supports as supports_packed
 from evals.backends.prefix_trie import ancestor_mask, build_row, pack_rows
 
 log = logging.getLogger(__name__)
 
-LOGIT_CHUNK = 1024  # scored positions per lm_head/log-softmax chunk (CPU: 3% faster than 512)
 GREEDY_IGNORED_KWARGS = {"do_sample", "temperature", "top_p", "top_k"}
 SHARE_MIN = 32  # shortest common prefix (tokens) worth running once per batch
 # generation: decoding steps cost about the same for 4 rows as for 1, so batches may hold rows
@@ -381,6 +380,7 @@ class FastLM(TemplateLM):
         self.add_bos_token = None
         self._prefix = None  # (token tuple, KV cache) of the last shared prefix
         self._merge_ratio = merge_ratio(model)  # fixed per model; decides trie row packing
+        self._head = HeadScorer(model)  # output layer at scored positions only
         self._recent_enc: OrderedDict = OrderedDict()  # see tok_encode
         self.peak_memory_bytes = 0
         self.stats: dict[str, int] = defaultdict(int)
@@ -578,19 +578,8 @@ class FastLM(TemplateLM):
         del hidden
         pp = torch.tensor(pair_slot, device=dev)
         pt = torch.tensor(pair_tgt, device=dev)
-        logp_pairs = torch.empty(len(pair_slot), dtype=torch.float32, device=dev)
-        greedy_tok = torch.empty(len(flat_pos), dtype=torch.long, device=dev)
-        head = self.model.get_output_embeddings()
-        softcap = getattr(self.model.config, "final_logit_softcapping", None)
-        for c0 in range(0, len(flat_pos), LOGIT_CHUNK):
-            c1 = min(c0 + LOGIT_CHUNK, len(flat_pos))
-            logits = head(h[c0:c1])
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            logp = F.log_softmax(logits.float(), dim=-1)
-            greedy_tok[c0:c1] = logp.argmax(-1)
-            sel = (pp >= c0) & (pp < c1)
-            logp_pairs[sel] = logp[pp[sel] - c0, pt[sel]]
+        logp_pairs, greedy_tok = self._head.score(h, pp, pt)
+        del h
         self.stats["ll_scored_positions"] += len(flat_pos)
         n_req = len(req_keys)
         pr = torch.tensor(pair_req, device=dev)

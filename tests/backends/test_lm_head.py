@@ -1,0 +1,79 @@
+"""HeadScorer: the output layer at scored positions gives log-softmax's own numbers."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from evals.backends import lm_head
+from evals.backends.lm_head import HeadScorer
+
+
+class _Model:
+    def __init__(self, head, softcap=None):
+        self.head = head
+        self.config = SimpleNamespace(final_logit_softcapping=softcap)
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+def _reference(head, h, slots, targets, softcap=None):
+    logits = head(h)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return logp[slots, targets], logp.argmax(-1)
+
+
+@pytest.mark.parametrize("bias,softcap", [(False, None), (True, None), (False, 30.0)])
+@pytest.mark.parametrize("chunk,rows", [(1024, 16), (8, 4), (6, 3)])
+def test_score_equals_log_softmax(monkeypatch, bias, softcap, chunk, rows):
+    """Pairs in any order, several per position, chunks and slices with ragged ends: the same
+    float32 numbers and greedy tokens as one log-softmax over all logits."""
+    monkeypatch.setattr(lm_head, "LOGIT_CHUNK", chunk)
+    monkeypatch.setattr(lm_head, "LSE_ROWS", rows)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(24, 97, bias=bias)
+    h = torch.randn(23, 24) * 3
+    slots = torch.tensor([22, 0, 5, 5, 5, 11, 0, 17, 12, 22, 3])
+    targets = torch.randint(0, 97, (len(slots),))
+    scorer = HeadScorer(_Model(head, softcap))
+    assert scorer._plain
+    with torch.inference_mode():
+        got, greedy = scorer.score(h, slots, targets)
+        ref, ref_greedy = _reference(head, h, slots, targets, softcap)
+    assert torch.equal(got, ref)
+    assert torch.equal(greedy, ref_greedy)
+
+
+def test_buffer_reused_and_grown():
+    """The logits buffer is kept between calls and grows for a longer chunk; results of an
+    earlier call do not depend on it."""
+    torch.manual_seed(1)
+    head = torch.nn.Linear(8, 50, bias=False)
+    scorer = HeadScorer(_Model(head))
+    with torch.inference_mode():
+        a, _ = scorer.score(torch.randn(4, 8), torch.tensor([0, 3]), torch.tensor([1, 2]))
+        buf = scorer._buf
+        a_copy = a.clone()
+        scorer.score(torch.randn(3, 8), torch.tensor([1]), torch.tensor([4]))
+        assert scorer._buf is buf  # smaller call: same buffer
+        scorer.score(torch.randn(9, 8), torch.tensor([8]), torch.tensor([4]))
+        assert scorer._buf.shape[0] == 9
+    assert torch.equal(a, a_copy)
+
+
+def test_other_heads_called_directly():
+    """A head that is not a float32 nn.Linear (here bfloat16) is called as a module."""
+    torch.manual_seed(2)
+    head = torch.nn.Linear(8, 40).to(torch.bfloat16)
+    scorer = HeadScorer(_Model(head))
+    assert not scorer._plain
+    h = torch.randn(5, 8, dtype=torch.bfloat16)
+    slots, targets = torch.tensor([4, 1]), torch.tensor([7, 39])
+    with torch.inference_mode():
+        got, greedy = scorer.score(h, slots, targets)
+        ref, ref_greedy = _reference(head, h, slots, targets)
+    assert scorer._buf is None
+    assert torch.equal(got, ref) and torch.equal(greedy, ref_greedy)
