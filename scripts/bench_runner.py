@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -54,6 +55,29 @@ def load(spec: str, device: str, dtype: str):
 
 
 # ----- requests ----------------------------------------------------------------------
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor(), else 'cpu'."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, with '+dirty' when tracked files differ from it; None outside git."""
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "evals", "scripts"],
+                               capture_output=True).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
 def leaf_tasks(obj) -> list:
     """Flatten lm-eval's (possibly nested, group-keyed) task dict into task objects."""
     if isinstance(obj, dict):
@@ -318,12 +342,13 @@ def main(argv=None) -> int:
     if head is model.get_input_embeddings().weight:
         n_params += head_params
     tm = TaskManager(include_path=args.tasks_dir, include_defaults=False)
-    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_model()
     report = {
         "schema": "phi2eval.bench/1",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
         "device": args.device, "device_name": dev_name, "host_cpus": os.cpu_count(),
+        "commit": git_commit(),
         "loadavg_start": os.getloadavg(),
         "model": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) and k != "path"},
         "fast_sdpa_kernels": ("no-cudnn" if os.environ.get(SDPA_ENV) != "default" else "pytorch-default")

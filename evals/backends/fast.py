@@ -493,6 +493,7 @@ class FastLM(TemplateLM):
                                       packed=lambda: self._packed and self._grouped)
         finally:
             self._prefix = None
+            self._head.release()  # the logits buffer is not held between calls
         answers = {k: ans for row_res in per_row for k, ans in row_res}
         res = [answers[k] for k in plan.keys]
         for (req_str, _, _), ans in zip(requests, res):

@@ -1,13 +1,13 @@
 """Log-probabilities of continuation tokens from the output layer, run only at scored positions.
 
 The log-softmax is PyTorch's own, as in lm-eval's `hf` backend, so each log-probability is the
-float32 number HFLM computes from the same logits. (A logsumexp taken another way is closer to
-the exact value: on random logits PyTorch's float32 log-softmax is on average 9e-7 above the
-float64 value per token, one built from max, exp and sum 1e-8; over a 400-token document that
-bias moved totals 2e-3 away from HFLM's.) On the CPU the logits go into one reused buffer (a
-fresh 200 MB tensor per chunk costs its page faults: 1024 positions x 49152 tokens took 240 ms
-fresh, 190 ms into the buffer) and the log-softmax runs over slices of LSE_ROWS positions that
-stay in the cache.
+float32 number HFLM computes from the same logits. (A logsumexp taken another way is closer to the
+exact value: on random logits PyTorch's float32 log-softmax is on average 9e-7 above the float64
+value per token, one built from max, exp and sum 1e-8; on the rolling-window test document
+(log-likelihood -381) the latter put the total 1.7e-3 away from HFLM's.) On the CPU the logits go
+into one buffer reused within a call (a fresh 200 MB tensor per chunk costs its page faults: 1024
+positions x 49152 tokens took 240 ms fresh, 190 ms into the buffer) and the log-softmax runs over
+slices of LSE_ROWS positions that stay in the cache.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ class HeadScorer:
         else:
             torch.addmm(b, h, w.t(), out=out)
         return out
+
+    def release(self) -> None:
+        """Frees the logits buffer (kept only within one scoring call)."""
+        self._buf = None
 
     def score(self, h: torch.Tensor, slots: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states h [N, D] of scored positions; pairs (slots[i], targets[i]). Returns the

@@ -62,6 +62,8 @@ def test_buffer_reused_and_grown():
         scorer.score(torch.randn(9, 8), torch.tensor([8]), torch.tensor([4]))
         assert scorer._buf.shape[0] == 9
     assert torch.equal(a, a_copy)
+    scorer.release()
+    assert scorer._buf is None
 
 
 def test_other_heads_called_directly():
