@@ -27,7 +27,7 @@ def _reference(head, h, slots, targets, softcap=None):
 
 
 @pytest.mark.parametrize("bias,softcap", [(False, None), (True, None), (False, 30.0)])
-@pytest.mark.parametrize("chunk,rows", [(1024, 16), (8, 4), (6, 3)])
+@pytest.mark.parametrize("chunk,rows", [(1024, 16), (8, 4), (6, 3), (5, 3), (4, 7)])
 def test_score_equals_log_softmax(monkeypatch, bias, softcap, chunk, rows):
     """Pairs in any order, several per position, chunks and slices with ragged ends: the same
     float32 numbers and greedy tokens as one log-softmax over all logits."""
