@@ -311,13 +311,24 @@ def environment(device: str) -> dict:
         except metadata.PackageNotFoundError:
             pass
     env = {"git_commit": git_commit(), "packages": versions, "python": platform.python_version(),
-           "platform": platform.platform(), "device": device, "host_cpus": os.cpu_count()}
+           "platform": platform.platform(), "cpu": cpu_model(), "device": device, "host_cpus": os.cpu_count()}
     if device.startswith("cuda"):
         import torch
 
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpus"] = torch.cuda.device_count()
     return env
+
+
+def cpu_model() -> str:
+    """The host CPU's model name from /proc/cpuinfo (Linux), else platform.processor(), else 'cpu'."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def git_commit() -> str | None:

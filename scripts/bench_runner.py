@@ -24,9 +24,7 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+from evals.run import cpu_model, git_commit  # noqa: E402
 
 BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
@@ -55,29 +55,6 @@ def load(spec: str, device: str, dtype: str):
 
 
 # ----- requests ----------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor(), else 'cpu'."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def git_commit() -> str | None:
-    """The checkout's commit, with '+dirty' when tracked files differ from it; None outside git."""
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "evals", "scripts"],
-                               capture_output=True).returncode != 0
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return rev + ("+dirty" if dirty else "")
-
-
 def leaf_tasks(obj) -> list:
     """Flatten lm-eval's (possibly nested, group-keyed) task dict into task objects."""
     if isinstance(obj, dict):
