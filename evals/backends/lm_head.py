@@ -60,21 +60,21 @@ class HeadScorer:
         logp_pairs = torch.empty(slots.shape[0], dtype=torch.float32, device=h.device)
         greedy = torch.empty(n, dtype=torch.long, device=h.device)
         step = LSE_ROWS if h.device.type == "cpu" else LOGIT_CHUNK
-        chunks = [(c0, min(c0 + LOGIT_CHUNK, n)) for c0 in range(0, n, LOGIT_CHUNK)]
-        starts = [s0 for c0, c1 in chunks for s0 in range(c0, c1, step)]
+        # (chunk start, chunk end, slice start, slice end): slices of `step` positions in chunks
+        slices = [(c0, c1, s0, min(s0 + step, c1))
+                  for c0 in range(0, n, LOGIT_CHUNK) for c1 in [min(c0 + LOGIT_CHUNK, n)]
+                  for s0 in range(c0, c1, step)]
         # the pairs of each slice: a run of the pairs sorted by position
         order = torch.argsort(slots, stable=True)
-        bounds = torch.searchsorted(slots[order], torch.tensor([*starts, n], device=h.device)).tolist()
-        j = 0
-        for c0, c1 in chunks:
-            logits = self.logits(h[c0:c1])
-            if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            for s0 in range(c0, c1, step):
-                s1 = min(s0 + step, c1)
-                logp = torch.log_softmax(logits[s0 - c0 : s1 - c0].float(), dim=-1)
-                greedy[s0:s1] = logp.argmax(-1)
-                k = order[bounds[j] : bounds[j + 1]]
-                logp_pairs[k] = logp[slots[k] - s0, targets[k]]
-                j += 1
+        edges = torch.tensor([sl[2] for sl in slices] + [n], device=h.device)
+        bounds = torch.searchsorted(slots[order], edges).tolist()
+        for j, (c0, c1, s0, s1) in enumerate(slices):
+            if s0 == c0:
+                logits = self.logits(h[c0:c1])
+                if self.softcap:
+                    logits = torch.tanh(logits / self.softcap) * self.softcap
+            logp = torch.log_softmax(logits[s0 - c0 : s1 - c0].float(), dim=-1)
+            greedy[s0:s1] = logp.argmax(-1)
+            k = order[bounds[j] : bounds[j + 1]]
+            logp_pairs[k] = logp[slots[k] - s0, targets[k]]
         return logp_pairs, greedy
