@@ -579,13 +579,13 @@ class FastLM(TemplateLM):
         del hidden
         pp = torch.tensor(pair_slot, device=dev)
         pt = torch.tensor(pair_tgt, device=dev)
-        logp_pairs, greedy_tok = self._head.score(h, pp, pt)
+        logp_pairs, hits = self._head.score(h, pp, pt)
         del h
         self.stats["ll_scored_positions"] += len(flat_pos)
         n_req = len(req_keys)
         pr = torch.tensor(pair_req, device=dev)
         total = torch.zeros(n_req, dtype=torch.float64, device=dev).index_add_(0, pr, logp_pairs.double())
-        miss = torch.zeros(n_req, dtype=torch.long, device=dev).index_add_(0, pr, (greedy_tok[pp] != pt).long())
+        miss = torch.zeros(n_req, dtype=torch.long, device=dev).index_add_(0, pr, (~hits).long())
         out: list[list] = [[] for _ in range(B)]
         for (b, key), lp, m in zip(req_keys, total.tolist(), miss.tolist()):
             out[b].append((key, (float(lp), m == 0)))

@@ -8,6 +8,12 @@ value per token, one built from max, exp and sum 1e-8; on the rolling-window tes
 into one buffer reused within a call (a fresh 200 MB tensor per chunk costs its page faults: 1024
 positions x 49152 tokens took 240 ms fresh, 190 ms into the buffer) and the log-softmax runs over
 slices of LSE_ROWS positions that stay in the cache.
+
+Whether a continuation token is the greedy one is HFLM's test, argmax(log-probs) == token. On the
+CPU argmax over 49152 log-probs costs as much as the log-softmax itself (16 rows: 700-840 us,
+against 40 us for their maxima), so it is decided from row maxima (greedy_hits): a token is the
+argmax when its log-prob is its row's maximum and no other entry ties it; rows with a tie or a NaN
+fall back to argmax.
 """
 
 from __future__ import annotations
@@ -55,10 +61,12 @@ class HeadScorer:
 
     def score(self, h: torch.Tensor, slots: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states h [N, D] of scored positions; pairs (slots[i], targets[i]). Returns the
-        pairs' log-probabilities (float32 [P]) and each position's greedy token (long [N])."""
+        pairs' log-probabilities (float32 [P]) and whether each pair's target is its position's
+        greedy token (bool [P])."""
         n = h.shape[0]
         logp_pairs = torch.empty(slots.shape[0], dtype=torch.float32, device=h.device)
-        greedy = torch.empty(n, dtype=torch.long, device=h.device)
+        hits = torch.empty(slots.shape[0], dtype=torch.bool, device=h.device)
+        by_max = h.device.type == "cpu"
         step = LSE_ROWS if h.device.type == "cpu" else LOGIT_CHUNK
         # (chunk start, chunk end, slice start, slice end): slices of `step` positions in chunks
         slices = [(c0, c1, s0, min(s0 + step, c1))
@@ -74,7 +82,32 @@ class HeadScorer:
                 if self.softcap:
                     logits = torch.tanh(logits / self.softcap) * self.softcap
             logp = torch.log_softmax(logits[s0 - c0 : s1 - c0].float(), dim=-1)
-            greedy[s0:s1] = logp.argmax(-1)
             k = order[bounds[j] : bounds[j + 1]]
-            logp_pairs[k] = logp[slots[k] - s0, targets[k]]
-        return logp_pairs, greedy
+            rows, tgt = slots[k] - s0, targets[k]
+            vals = logp[rows, tgt]
+            logp_pairs[k] = vals
+            hits[k] = greedy_hits(logp, rows, tgt, vals) if by_max else logp.argmax(-1)[rows] == tgt
+        return logp_pairs, hits
+
+
+def greedy_hits(logp: torch.Tensor, rows: torch.Tensor, tgt: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """argmax(logp[rows[i]]) == tgt[i] for each pair (vals[i] = logp[rows[i], tgt[i]]), from row
+    maxima: a target is the argmax when it holds its row's maximum alone. Rows where the maximum is
+    tied or NaN are decided by argmax itself. `logp` is changed in place and restored."""
+    top = logp.amax(-1)
+    hit = vals == top[rows]
+    check = torch.isnan(top)  # argmax picks the first NaN; amax cannot say where it is
+    if bool(hit.any()):
+        r, t = rows[hit], tgt[hit]
+        # another entry ties the maximum if the row's maximum is unchanged with the candidates hidden
+        logp[r, t] = float("-inf")
+        tied = logp.amax(-1) == top
+        logp[r, t] = vals[hit]
+        # a row with two different candidate targets is tied as well
+        distinct = torch.unique(r * logp.shape[1] + t) // logp.shape[1]
+        tied |= torch.bincount(distinct, minlength=logp.shape[0]) > 1
+        check[r] |= tied[r]
+    if bool(check.any()):
+        sel = check[rows]
+        hit[sel] = logp[rows[sel]].argmax(-1) == tgt[sel]
+    return hit

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evals.backends import lm_head
-from evals.backends.lm_head import HeadScorer
+from evals.backends.lm_head import HeadScorer, greedy_hits
 
 
 class _Model:
@@ -23,21 +23,24 @@ def _reference(head, h, slots, targets, softcap=None):
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return logp[slots, targets], logp.argmax(-1)
+    return logp[slots, targets], logp.argmax(-1)[slots] == targets
 
 
 @pytest.mark.parametrize("bias,softcap", [(False, None), (True, None), (False, 30.0)])
 @pytest.mark.parametrize("chunk,rows", [(1024, 16), (8, 4), (6, 3), (5, 3), (4, 7)])
 def test_score_equals_log_softmax(monkeypatch, bias, softcap, chunk, rows):
     """Pairs in any order, several per position, chunks and slices with ragged ends: the same
-    float32 numbers and greedy tokens as one log-softmax over all logits."""
+    float32 numbers and greedy flags as one log-softmax and argmax over all logits."""
     monkeypatch.setattr(lm_head, "LOGIT_CHUNK", chunk)
     monkeypatch.setattr(lm_head, "LSE_ROWS", rows)
     torch.manual_seed(0)
     head = torch.nn.Linear(24, 97, bias=bias)
     h = torch.randn(23, 24) * 3
-    slots = torch.tensor([22, 0, 5, 5, 5, 11, 0, 17, 12, 22, 3])
+    slots = torch.tensor([22, 0, 5, 5, 5, 11, 0, 17, 12, 22, 3, 9, 9])
     targets = torch.randint(0, 97, (len(slots),))
+    with torch.no_grad():  # some targets are the greedy token, one of them twice
+        logp = torch.log_softmax(head(h).float(), dim=-1)
+        targets[[1, 7, 11, 12]] = logp.argmax(-1)[[0, 17, 9, 9]]
     scorer = HeadScorer(_Model(head, softcap))
     assert scorer._plain
     with torch.inference_mode():
@@ -79,3 +82,40 @@ def test_other_heads_called_directly():
         ref, ref_greedy = _reference(head, h, slots, targets)
     assert scorer._buf is None
     assert torch.equal(got, ref) and torch.equal(greedy, ref_greedy)
+
+
+def _argmax_hits(logp, rows, tgt):
+    return logp.argmax(-1)[rows] == tgt
+
+
+def test_greedy_hits_ties_nan_and_duplicates():
+    """Row maxima decide greedy flags exactly as argmax does: ties (the first index wins), two
+    candidate targets sharing a maximum, the same pair twice, -0.0 against 0.0, NaN rows."""
+    logp = torch.tensor([
+        [-3.0, -1.0, -2.0, -1.0],  # tie between 1 and 3: argmax 1
+        [-3.0, -1.0, -2.0, -5.0],  # unique maximum at 1
+        [-0.0, 0.0, -2.0, -5.0],  # -0.0 == 0.0: argmax 0
+        [-1.0, float("nan"), -2.0, float("nan")],  # argmax: the first NaN (1)
+        [-4.0, -4.0, -4.0, -4.0],  # all tied: argmax 0
+    ])
+    rows = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 4])
+    tgt = torch.tensor([1, 3, 2, 1, 1, 0, 3, 0, 1, 1, 3, 0, 0, 3, 0])
+    want = _argmax_hits(logp, rows, tgt)
+    before = logp.clone()
+    got = greedy_hits(logp, rows, tgt, logp[rows, tgt])
+    assert torch.equal(got, want)
+    assert want.tolist() == [True, False, False, True, True, False, False, True, False,
+                             True, False, False, True, False, True]
+    assert torch.equal(torch.isnan(logp), torch.isnan(before))
+    assert torch.equal(logp.nan_to_num(), before.nan_to_num())  # restored in place
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_hits_random_with_rounded_ties(seed):
+    """Random log-probs rounded to few values (many ties) and random pairs: same flags as argmax."""
+    g = torch.Generator().manual_seed(seed)
+    logp = torch.randint(-6, 0, (16, 40), generator=g).float()
+    rows = torch.randint(0, 16, (60,), generator=g)
+    tgt = torch.randint(0, 40, (60,), generator=g)
+    tgt[:16] = logp.argmax(-1)[rows[:16]]  # plenty of true hits
+    assert torch.equal(greedy_hits(logp, rows, tgt, logp[rows, tgt]), _argmax_hits(logp, rows, tgt))
