@@ -66,8 +66,8 @@ class HeadScorer:
         n = h.shape[0]
         logp_pairs = torch.empty(slots.shape[0], dtype=torch.float32, device=h.device)
         hits = torch.empty(slots.shape[0], dtype=torch.bool, device=h.device)
-        by_max = h.device.type == "cpu"
-        step = LSE_ROWS if h.device.type == "cpu" else LOGIT_CHUNK
+        on_cpu = h.device.type == "cpu"  # slices that stay in the cache; greedy flags from maxima
+        step = LSE_ROWS if on_cpu else LOGIT_CHUNK
         # (chunk start, chunk end, slice start, slice end): slices of `step` positions in chunks
         slices = [(c0, c1, s0, min(s0 + step, c1))
                   for c0 in range(0, n, LOGIT_CHUNK) for c1 in [min(c0 + LOGIT_CHUNK, n)]
@@ -86,7 +86,7 @@ class HeadScorer:
             rows, tgt = slots[k] - s0, targets[k]
             vals = logp[rows, tgt]
             logp_pairs[k] = vals
-            hits[k] = greedy_hits(logp, rows, tgt, vals) if by_max else logp.argmax(-1)[rows] == tgt
+            hits[k] = greedy_hits(logp, rows, tgt, vals) if on_cpu else logp.argmax(-1)[rows] == tgt
         return logp_pairs, hits
 
 
