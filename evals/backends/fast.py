@@ -26,8 +26,14 @@ Log-likelihood
 Generation (greedy)
   * Prompts are tokenised like HFLM.tok_batch_encode (left truncation to max_length -
     max_gen_toks), sorted by length, left padded, decoded greedily with a KV cache.
+  * Prompts sharing a few-shot prefix (a cluster) prefill it once; where the model's attention
+    runs through transformers' AttentionInterface the rows' KV cache holds only their own
+    tokens and each decoding step reads the prefix's one copy for all rows
+    (prefix_attention.py), so a batch is sized by its rows' own tokens; otherwise the
+    prefix's cache is copied to every row.
   * Each row stops on the model's EOS token, on max_gen_toks, or as soon as its decoded text
-    holds a stop sequence whose cut can no longer move; finished rows leave the batch.
+    holds a stop sequence whose cut can no longer move (looked for in the text of the last
+    few tokens, the whole text decoded only once one appears); finished rows leave the batch.
   * Output text = HFLM's post-processing (cut at the first stop sequence).
   * Sampling or unusual generation kwargs fall back to `model.generate` exactly as HFLM calls it.
   * Optional (`static_cache=True`, `--static-cache`): greedy batches run through transformers'
@@ -67,6 +73,8 @@ from evals.backends.batching import TokenBudget, default_budget, packed_groups, 
 from evals.backends.lm_head import HeadScorer
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.packed_attention import supports as supports_packed
+from evals.backends.prefix_attention import PREFIX_KW, Prefix, cache_kv, shared_prefix
+from evals.backends.prefix_attention import supports as supports_shared_prefix
 from evals.backends.prefix_trie import ancestor_mask, build_row, pack_rows
 
 log = logging.getLogger(__name__)
@@ -76,6 +84,8 @@ SHARE_MIN = 32  # shortest common prefix (tokens) worth running once per batch
 # generation: decoding steps cost about the same for 4 rows as for 1, so batches may hold rows
 # up to 1.5x shorter (left padding) instead of log-likelihood's 1.1x
 GEN_PAD_RATIO = 1.5
+# greedy decoding checks stop sequences in the text of a row's last (longest stop + this many) tokens
+STOP_TAIL_TOKENS = 8
 # static-cache generation: a benchmark's prompts are left padded to one width, a multiple of this
 # many tokens (rows: see _static_greedy_batch), so a run compiles a few decoding graphs, not one per batch
 STATIC_LEN_BUCKET = 256
@@ -310,6 +320,10 @@ def reserve_cache(cache, extra: int) -> int:
     return done
 
 
+class _NoSharedPrefix(Exception):
+    """The model's attention did not read the shared prefix in place (see FastLM._decode)."""
+
+
 def _out_cache(out):
     """The KV cache of a model output (`cache` in transformers 5, `past_key_values` before)."""
     cache = getattr(out, "cache", None)
@@ -329,6 +343,8 @@ class FastLM(TemplateLM):
     # nothing: HellaSwag/PIQA (200 docs) took 1.01x/1.00x the time at a 2048-token budget,
     # 1.09x/1.07x at 4096, HellaSwag 1.15x at 8192 (larger activations fall out of the caches)
     grouped_rows: bool | None = None
+    # decoding under a shared few-shot prefix keeps one copy of its KV cache, not one per row
+    shared_prefix_decode = True
 
     def __init__(
         self,
@@ -390,6 +406,8 @@ class FastLM(TemplateLM):
         self._n_layers = getattr(model.config, "num_hidden_layers", None)
         self._packed = supports_packed(model) and isinstance(self._n_layers, int) and self.packed_rows
         self._grouped = self._device.type == "cuda" if self.grouped_rows is None else bool(self.grouped_rows)
+        # greedy decoding reads a shared few-shot prefix once per batch (prefix_attention.py)
+        self._shared_decode = self.shared_prefix_decode and supports_shared_prefix(model, self.max_length)
         if self._device.type == "cuda":
             self.budget.max_pad_waste = gpu_pad_waste(model, self.budget.tokens, attention_only=self._packed)
 
@@ -463,16 +481,20 @@ class FastLM(TemplateLM):
         S = common_prefix_len(seqs)
         return S if S >= SHARE_MIN else 0
 
-    def _prefix_cache(self, prefix: list[int], rows: int, kind: str):
-        """KV cache of a shared prefix (few-shot examples), expanded to `rows` rows. The last
-        prefix's cache is kept, so consecutive batches of one cluster run the prefix once."""
+    def _prefix_kv(self, prefix: list[int], kind: str):
+        """KV cache (batch size 1) of a shared prefix (few-shot examples). The last prefix's
+        cache is kept, so consecutive batches of one cluster run the prefix once."""
         key = tuple(prefix)
         if self._prefix is None or self._prefix[0] != key:
             self._prefix = None  # free the old one first
             out = self.model.base_model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True)
             self._prefix = (key, _out_cache(out))
             self.stats[f"{kind}_shared_prefix_tokens"] += len(prefix)
-        cache = copy.deepcopy(self._prefix[1])
+        return self._prefix[1]
+
+    def _prefix_cache(self, prefix: list[int], rows: int, kind: str):
+        """KV cache of a shared prefix (see _prefix_kv), copied and expanded to `rows` rows."""
+        cache = copy.deepcopy(self._prefix_kv(prefix, kind))
         cache.batch_repeat_interleave(rows)
         return cache
 
@@ -657,6 +679,8 @@ class FastLM(TemplateLM):
                 fn = lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs)  # noqa: E731
             lengths = [len(p) + max_gen for p in prompts]
             pad = [n - s for n, s in zip(lengths, shared)]
+            if greedy and not self.static_cache and self._shared_decode:
+                lengths = pad  # a cluster's shared prefix is held once per batch, not once per row
             try:
                 with torch.inference_mode(), attention_kernels(self._device):
                     texts = run_batched(lengths, fn, self.budget, clusters, pad, GEN_PAD_RATIO)
@@ -695,34 +719,73 @@ class FastLM(TemplateLM):
         """Greedy decode one left-padded batch; rows leave the batch when finished.
 
         A common prefix of >= SHARE_MIN tokens (few-shot examples) is prefilled once per
-        cluster (see _shared_len) and its KV cache expanded to all rows; the rest of each
-        prompt is left padded after it."""
-        B = len(prompts)
+        cluster (see _shared_len); the rest of each prompt is left padded after it. Where the
+        model allows (prefix_attention.py) the rows' cache holds only their own tokens and every
+        attention layer reads the prefix's one copy; otherwise its KV cache is expanded to all
+        rows."""
         S = self._shared_len(prompts, known_shared)
-        kw = {self._cache_kw: self._prefix_cache(prompts[0][:S], B, "gen")} if S else {}
+        if S and self._shared_decode:
+            pre = Prefix(*cache_kv(self._prefix_kv(prompts[0][:S], "gen")))
+            try:
+                with shared_prefix(self.model):
+                    return self._decode(prompts, S, pre, until, max_gen)
+            except _NoSharedPrefix as exc:
+                log.warning("shared-prefix decoding unavailable (%s); expanding the prefix to every row from now on", exc)
+                self._shared_decode = False
+        return self._decode(prompts, S, None, until, max_gen)
+
+    def _decode(self, prompts: list[list[int]], S: int, pre: Prefix | None, until: list[str], max_gen: int) -> list[str]:
+        """_greedy_batch's prefill and decoding steps; `pre`: the shared prefix read in place
+        (raises _NoSharedPrefix if the model's attention did not read it), or None: the
+        prefix's cache (if S) expanded to every row."""
+        B = len(prompts)
         ids, mask = self._left_pad([p[S:] for p in prompts])
         pos = mask.cumsum(-1) - 1 + S
         pos.masked_fill_(mask == 0, 1)
-        mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
-        eos = self._eos_ids()
-        gen: list[list[int]] = [[] for _ in range(B)]
-        texts = [""] * B
-        active = list(range(B))  # original row of each live batch row
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
+        if pre is None:
+            kw = {self._cache_kw: self._prefix_cache(prompts[0][:S], B, "gen")} if S else {}
+            mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        else:
+            kw = {PREFIX_KW: pre}
+            pre.valid = mask.bool()  # the rows' own keys (the prefix is not in their cache)
+        try:
+            out = self.model(input_ids=ids, attention_mask=None if pre is not None else mask, position_ids=pos,
+                             use_cache=True, logits_to_keep=1, **kw)
+        except NotImplementedError as exc:
+            if pre is None:
+                raise
+            raise _NoSharedPrefix(str(exc)) from exc
+        if pre is not None and pre.calls != self._n_layers:
+            raise _NoSharedPrefix(f"{pre.calls} of {self._n_layers} attention layers read it")
         cache = _out_cache(out)
         if self.reserve_kv:
             reserve_cache(cache, max_gen - 1)
+        kw = {self._cache_kw: cache, **({PREFIX_KW: pre} if pre is not None else {})}
         next_pos = pos[:, -1:] + 1
         self.stats["gen_prefill_tokens"] += ids.numel()
+        self.stats["gen_prefix_in_place_batches"] += pre is not None
+        eos = self._eos_ids()
+        gen: list[list[int]] = [[] for _ in range(B)]
+        # a stop sequence that newly appears lies in the text of the last few tokens, so only
+        # that tail is decoded at each step; the whole text only once one appears there (decoding
+        # every row's whole text at every step cost 5 ms per step for 64 rows of 256 tokens).
+        # A stop missed in the tail would only stop the row later, with the same cut text.
+        tail_n = STOP_TAIL_TOKENS + max(map(len, until), default=0)
+        seen = [False] * B  # a stop sequence is in the row's text (it may still grow longer)
+        active = list(range(B))  # original row of each live batch row
         while True:
             nxt = out.logits[:, -1, :].argmax(-1).tolist()
             keep = []
             for k, (row, tok) in enumerate(zip(active, nxt)):
-                gen[row].append(tok)
-                done = tok in eos or len(gen[row]) >= max_gen
+                g = gen[row]
+                g.append(tok)
+                done = tok in eos or len(g) >= max_gen
                 if not done:
-                    texts[row] = self.tok_decode(gen[row])
-                    done = self._stop_final(texts[row], until)
+                    text = self.tok_decode(g[-tail_n:])
+                    if seen[row] or len(g) <= tail_n or any(t in text for t in until):
+                        text = self.tok_decode(g) if len(g) > tail_n else text
+                        seen[row] = any(t in text for t in until)
+                        done = self._stop_final(text, until)
                 if not done:
                     keep.append(k)
             self.stats["gen_tokens"] += len(active)
@@ -735,8 +798,10 @@ class FastLM(TemplateLM):
                 mask, next_pos = mask[sel], next_pos[sel]
                 active = [active[k] for k in keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            out = self.model(input_ids=step, attention_mask=mask, position_ids=next_pos,
-                             use_cache=True, logits_to_keep=1, **{self._cache_kw: cache})
+            if pre is not None:
+                pre.valid = mask.bool()
+            out = self.model(input_ids=step, attention_mask=None if pre is not None else mask, position_ids=next_pos,
+                             use_cache=True, logits_to_keep=1, **kw)
             next_pos = next_pos + 1
         return [postprocess_generated_text(self.tok_decode(g), until, None) for g in gen]
 

@@ -229,6 +229,65 @@ def test_generation_tokens_identical_to_hf_generate(fast, smol):
         assert got[0] == tok.decode(ref, skip_special_tokens=True)
 
 
+FEWSHOT_PROMPTS = [FEWSHOT + f"Q: What is {a} plus {b}?\nA:" for a, b in ((5, 5), (11, 4), (2, 30), (8, 1))]
+
+
+def test_shared_prefix_read_in_place_gives_the_expanded_texts(smol, hf_lm):
+    """Prompts sharing a few-shot prefix: the rows' cache holds only their own tokens and
+    attention reads the prefix's one copy (prefix_attention.py); same texts as the prefix
+    expanded to every row, and as HFLM."""
+    model, tok = smol
+    reqs = [_inst("generate_until", (p, {"until": ["\n\n", "Q:"], "max_gen_toks": 12}), i)
+            for i, p in enumerate(FEWSHOT_PROMPTS)]
+    lm = FastLM(model, tok, max_length=2048)
+    got = lm.generate_until(reqs, disable_tqdm=True)
+    assert lm.stats["gen_prefix_in_place_batches"] == 1 and lm._shared_decode
+    expanded = FastLM(model, tok, max_length=2048)
+    expanded.shared_prefix_decode = expanded._shared_decode = False
+    assert got == expanded.generate_until(reqs, disable_tqdm=True)
+    assert expanded.stats["gen_prefix_in_place_batches"] == 0
+    assert got == hf_lm.generate_until(reqs, disable_tqdm=True)
+
+
+def test_shared_prefix_falls_back_when_attention_cannot_read_it(smol, monkeypatch, caplog):
+    """An attention layer that refuses the shared prefix (here: every one) sends the backend
+    back to the expanded prefix cache, with a warning and the same texts."""
+    from transformers import AttentionInterface
+
+    from evals.backends import prefix_attention
+
+    model, tok = smol
+    reqs = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6}), i) for i, p in enumerate(FEWSHOT_PROMPTS)]
+    ref = FastLM(model, tok, max_length=2048).generate_until(reqs, disable_tqdm=True)
+
+    def refuse(*a, **k):
+        raise NotImplementedError("not here")
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, prefix_attention.SHARED, refuse)
+    lm = FastLM(model, tok, max_length=2048)
+    with caplog.at_level("WARNING"):
+        assert lm.generate_until(reqs, disable_tqdm=True) == ref
+    assert not lm._shared_decode and "shared-prefix decoding unavailable (not here)" in caplog.text
+    assert lm.stats["gen_prefix_in_place_batches"] == 0
+
+
+def test_stop_check_on_the_tail_stops_at_the_same_step(smol, monkeypatch):
+    """Stop sequences are looked for in the text of a row's last tokens: the rows stop at the
+    same step as when the whole text is decoded at every step (a huge tail), with the same texts."""
+    from evals.backends import fast as fast_mod
+
+    model, tok = smol
+    until = ["\n\n", "Q:", " plus", "."]
+    prompts = [tok(p)["input_ids"] for p in GEN_PROMPTS]
+    runs = []
+    for tail in (fast_mod.STOP_TAIL_TOKENS, 10 ** 6):
+        monkeypatch.setattr(fast_mod, "STOP_TAIL_TOKENS", tail)
+        lm = FastLM(model, tok, max_length=2048)
+        runs.append((lm._greedy_batch(prompts, until, 40), lm.stats["gen_tokens"]))
+    assert runs[0] == runs[1]
+    assert runs[0][1] < 40 * len(prompts)  # some rows stopped early
+
+
 def test_stop_final_waits_for_longer_stop():
     # "\n\n" is present but "a\n\nb" might still complete and cut earlier
     assert not FastLM._stop_final("xa\n\n", ["a\n\nb", "\n\n"])
@@ -269,8 +328,9 @@ def test_random_tiny_phi_matches_hf():
     lm = FastLM(model, tok, max_length=info["max_length"])
     reqs = [_inst("loglikelihood", (c, x)) for c in CONTEXTS[2:5] for x in CONTINUATIONS[:4]]
     _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
-    g = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6})) for p in GEN_PROMPTS[:3]]
+    g = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6})) for p in GEN_PROMPTS[:3] + FEWSHOT_PROMPTS]
     assert lm.generate_until(g) == hf.generate_until(g)
+    assert lm.stats["gen_prefix_in_place_batches"] >= 1  # Phi's attention read the shared prefix in place
 
 
 def test_attention_kernels_exclude_cudnn_on_cuda_only(monkeypatch):

@@ -1,0 +1,164 @@
+"""Decoding under a shared few-shot prefix whose KV cache is held once, not once per row.
+
+Greedy generation batches prompts that share a few-shot prefix (GSM8K's 8 examples, a BBH
+task's 3, MBPP's 3). The plain way expands the prefix's KV cache to every row of the batch:
+memory grows by rows x prefix tokens, and at every decoding step every row reads its own copy
+of the prefix. Here the rows' cache holds only their own tokens; the prefix's keys and values
+stay batch size 1 (one per layer), and each attention layer scores all rows' queries against
+them in one matrix product per key head, so a step reads the prefix once per batch.
+
+Exact attention, not an approximation: at a decoding step the scores against the prefix and
+against the row's own keys are concatenated before one softmax (float32), as if the keys had
+been concatenated. A query sees the whole prefix, its row's own real (not left padding) keys
+up to itself. The prefill of the prompts' own tokens (many queries per row) runs the model's
+SDPA over the prefix expanded for one layer at a time, which the next layer's expansion reuses
+the memory of; only the decoding steps, which read the cache again and again, read it once.
+
+It works through transformers' AttentionInterface, like packed_attention.py: while
+`shared_prefix(model)` is active the model's attention implementation is SHARED, whose
+function needs the `phi2eval_prefix` keyword (a Prefix) that the model forwards to every
+attention layer; each layer counts its call (Prefix.calls), so a model whose attention
+bypasses the interface is detected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+try:
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+except ImportError:  # pragma: no cover - transformers without it: supports() says no
+    sdpa_attention_forward = None
+
+SHARED = "phi2eval_shared_prefix"
+PREFIX_KW = "phi2eval_prefix"
+# entries of one float32 score tensor (rows run in chunks of at most this many)
+SCORES_CHUNK = {"cpu": 1 << 24, "cuda": 1 << 27}
+
+
+@dataclass
+class Prefix:
+    """The shared prefix's keys and values per layer ([1, kv heads, S, d] each) and the
+    rows' own-key mask `valid` [rows, own keys] (False: left padding); calls: attention
+    layers that ran here."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor | None = None
+    calls: int = 0
+
+
+def cache_kv(cache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per-layer keys and values of a KV cache (transformers' per-layer caches, or the older
+    key_cache / value_cache lists)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [layer.keys for layer in layers], [layer.values for layer in layers]
+    return list(cache.key_cache), list(cache.value_cache)
+
+
+def _own_visible(valid: torch.Tensor, q: int, L: int) -> torch.Tensor:
+    """[B, q, L]: query i (own key L - q + i) sees own key j <= itself that is not padding."""
+    dev = valid.device
+    causal = torch.arange(L, device=dev)[None, :] <= torch.arange(L - q, L, device=dev)[:, None]
+    return causal[None] & valid[:, None, :L]
+
+
+def prefix_attention(query, key, value, prefix_k, prefix_v, valid, scaling: float | None = None) -> torch.Tensor:
+    """softmax([q Kp^T, q K^T + mask] * scaling) [Vp; V] for query [B, H, q, d], the rows' own
+    key/value [B, kvH, L, d], the shared prefix's [1, kvH, S, d] and `valid` [B, >= L] (own
+    keys that are not padding); a query sees the whole prefix and its row's valid own keys up
+    to its own position (the last q of L). H a multiple of kvH (grouped-query heads share
+    their key head). Returns [B, q, H, d]."""
+    B, H, q, d = query.shape
+    kvH, L, S = key.shape[1], key.shape[2], prefix_k.shape[2]
+    rep, rq = H // kvH, (H // kvH) * q
+    scale = scaling if scaling is not None else d ** -0.5
+    kp, vp = prefix_k[0], prefix_v[0]  # [kvH, S, d]
+    visible = _own_visible(valid, q, L)  # [B, q, L]
+    out = query.new_empty(B, q, H, value.shape[-1])
+    step = max(1, SCORES_CHUNK.get(query.device.type, 1 << 24) // (H * q * (S + L)))
+    for b0 in range(0, B, step):
+        b1 = min(B, b0 + step)
+        nb = b1 - b0
+        qg = query[b0:b1].reshape(nb, kvH, rq, d)  # heads of one key head, stacked
+        # prefix: every row's queries against the one copy of the prefix, per key head
+        s_pre = torch.matmul(qg.transpose(0, 1).reshape(kvH, nb * rq, d), kp.transpose(-1, -2))
+        s_own = torch.matmul(qg, key[b0:b1].transpose(-1, -2))  # [nb, kvH, rq, L]
+        s = torch.cat([s_pre.view(kvH, nb, rq, S).transpose(0, 1), s_own], dim=-1).float().mul_(scale)
+        allowed = visible[b0:b1].repeat(1, rep, 1)  # [nb, rq, L]
+        s[..., S:].masked_fill_(~allowed[:, None], float("-inf"))
+        p = torch.softmax(s, dim=-1).to(value.dtype)
+        o = torch.matmul(p[..., :S].transpose(0, 1).reshape(kvH, nb * rq, S), vp)  # [kvH, nb * rq, dv]
+        o = o.view(kvH, nb, rq, -1).transpose(0, 1) + torch.matmul(p[..., S:], value[b0:b1])
+        out[b0:b1] = o.reshape(nb, H, q, -1).transpose(1, 2)
+    return out
+
+
+def prefix_attention_forward(module, query, key, value, attention_mask, **kwargs):
+    """AttentionInterface function: query [B, H, q, d], the rows' own key/value from their
+    cache [B, kvH, L, d]; the prefix and own-key mask come from the `phi2eval_prefix` keyword
+    (`attention_mask` is not used). Returns ([B, q, H, d], None)."""
+    pre: Prefix | None = kwargs.pop(PREFIX_KW, None)
+    if pre is None:
+        raise RuntimeError(f"{SHARED} attention called without {PREFIX_KW}")
+    for feature in ("softcap", "s_aux", "position_bias"):
+        if kwargs.get(feature) is not None:
+            raise NotImplementedError(f"{SHARED} attention does not implement {feature}")
+    window = kwargs.get("sliding_window")
+    if window is not None and pre.keys[0].shape[2] + key.shape[2] > window:
+        raise NotImplementedError(f"{SHARED} attention does not implement sliding windows")
+    i = module.layer_idx
+    pk, pv = pre.keys[i], pre.values[i]
+    pre.calls += 1
+    if query.shape[2] == 1:  # a decoding step: the prefix is read once for all rows
+        return prefix_attention(query, key, value, pk, pv, pre.valid, kwargs.get("scaling")), None
+    # the prompts' own tokens (prefill): SDPA over the prefix expanded for this layer only
+    B, q, L = query.shape[0], query.shape[2], key.shape[2]
+    k = torch.cat([pk.expand(B, -1, -1, -1), key], dim=2)
+    v = torch.cat([pv.expand(B, -1, -1, -1), value], dim=2)
+    mask = torch.ones(B, 1, q, pk.shape[2] + L, dtype=torch.bool, device=query.device)
+    mask[:, 0, :, pk.shape[2]:] = _own_visible(pre.valid, q, L)
+    return sdpa_attention_forward(module, query, k, v, mask, **{**kwargs, "is_causal": False})
+
+
+def _register() -> bool:
+    try:
+        from transformers import AttentionInterface
+    except ImportError:  # pragma: no cover - transformers without the interface
+        return False
+    AttentionInterface.register(SHARED, prefix_attention_forward)
+    return sdpa_attention_forward is not None
+
+
+_REGISTERED = _register()
+
+
+def supports(model, max_length: int) -> bool:
+    """Whether `model` can decode under a shared prefix here: attention through transformers'
+    AttentionInterface as SDPA (packed_attention.supports), each attention module knows its
+    layer, and no sliding window shorter than `max_length`."""
+    from evals.backends.packed_attention import supports as routes_attention
+
+    if not _REGISTERED or not routes_attention(model):
+        return False
+    window = getattr(model.config, "sliding_window", None)
+    if isinstance(window, int) and window < max_length:
+        return False
+    layers = [m for m in model.modules() if hasattr(m, "layer_idx") and "Attention" in type(m).__name__]
+    return bool(layers)
+
+
+@contextlib.contextmanager
+def shared_prefix(model):
+    """Within the block, the model's attention implementation is SHARED (then restored)."""
+    cfg = model.config
+    old = cfg._attn_implementation
+    cfg._attn_implementation = SHARED
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = old
