@@ -1,11 +1,13 @@
 """Fast backend at a git revision against the working tree: same model, documents and process,
 alternating, per task seconds of each (best of --rounds) and their ratio.
+Generation tasks (--max-gen-toks to shorten them) report how many texts differ instead.
 
     python scripts/bench_backend_ab.py --rev 81ff485 --tasks piqa,hellaswag --limit 200
 
 The old evals/backends/fast.py is loaded from `git show REV:...` as a module of its own; it
 imports the working tree's other modules (batching.py), so pick revisions whose fast.py fits
-them. Answers are compared too: the largest log-likelihood difference between the two.
+them. Answers are compared too: the largest log-likelihood difference between the two (for
+generation, how many texts differ).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -52,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default="piqa,winogrande,hellaswag")
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--max-gen-toks", type=int, default=None, help="generation tasks: override max_gen_toks")
     p.add_argument("--out", default=None, help="JSON path for the record")
     args = p.parse_args(argv)
     os.environ.setdefault("PHI2EVAL_DATA_DIR", str(ROOT.parent / "shared" / "data"))
@@ -64,25 +69,33 @@ def main(argv=None) -> int:
     model, tok, info = load(args.model, "cpu", "float32")
     max_len = int(info.get("max_length") or 2048)
     tm = TaskManager(include_path=str(ROOT / "configs" / "tasks"), include_defaults=False)
-    record = {"command": " ".join(["python", *sys.argv]), "rev": args.rev, "tasks": {}}
-    print(f"{'task':<14}{'old s':>14}{'new s':>14}{'new/old':>9}{'max|dLL|':>10}", flush=True)
+    from evals.run import cpu_model, git_commit
+
+    record = {"command": " ".join(["python", *sys.argv]), "rev": args.rev,
+              "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
+              "device_name": cpu_model(), "torch_threads": torch.get_num_threads(), "tasks": {}}
+    print(f"{'task':<14}{'old s':>14}{'new s':>14}{'new/old':>9}{'max|dLL| or differing texts':>30}", flush=True)
     for name in args.tasks.split(","):
-        kind, insts = build_requests(name, args.limit, tm, None)
-        if kind != "loglikelihood":
-            raise SystemExit(f"{name}: only log-likelihood tasks are compared")
+        kind, insts = build_requests(name, args.limit, tm, args.max_gen_toks)
         times, outs = {"old": [], "new": []}, {}
         for r in range(args.rounds):
             pairs = [("old", Old), ("new", FastLM)]
             for label, cls in pairs if r % 2 == 0 else pairs[::-1]:
                 lm = cls(model, tok, max_length=max_len)
                 t = time.perf_counter()
-                outs[label] = lm.loglikelihood(insts, disable_tqdm=True)
+                call = lm.loglikelihood if kind == "loglikelihood" else lm.generate_until
+                outs[label] = call(insts, disable_tqdm=True)
                 times[label].append(round(time.perf_counter() - t, 2))
-        diff = max(abs(a[0] - b[0]) for a, b in zip(outs["old"], outs["new"]))
         ratio = min(times["new"]) / min(times["old"])
-        record["tasks"][name] = {"old_s": times["old"], "new_s": times["new"], "new_over_old": round(ratio, 3),
-                                 "max_abs_loglik_diff": diff}
-        print(f"{name:<14}{str(times['old']):>14}{str(times['new']):>14}{ratio:>9.3f}{diff:>10.1e}", flush=True)
+        row = {"old_s": times["old"], "new_s": times["new"], "new_over_old": round(ratio, 3)}
+        if kind == "loglikelihood":
+            row["max_abs_loglik_diff"] = diff = max(abs(a[0] - b[0]) for a, b in zip(outs["old"], outs["new"]))
+            shown = f"{diff:.1e}"
+        else:
+            row["differing_texts"] = diff = sum(a != b for a, b in zip(outs["old"], outs["new"]))
+            shown = f"{diff}/{len(insts)}"
+        record["tasks"][name] = row
+        print(f"{name:<14}{str(times['old']):>14}{str(times['new']):>14}{ratio:>9.3f}{shown:>30}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     return 0
