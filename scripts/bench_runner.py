@@ -288,6 +288,9 @@ def main(argv=None) -> int:
     p.add_argument("--token-budget", type=int, default=None, help="FastLM token budget (default: auto)")
     p.add_argument("--static-cache", action="store_true",
                    help="fast backend: greedy generation with a static KV cache (transformers compiles it on CUDA)")
+    p.add_argument("--expanded-prefix", action="store_true",
+                   help="fast backend: copy a shared few-shot prefix's KV cache to every decoding row (the "
+                        "behaviour before prefix_attention.py), to compare with reading it once per batch")
     p.add_argument("--max-gen-toks", type=int, default=None, help="override generation length for both")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None,
@@ -312,6 +315,8 @@ def main(argv=None) -> int:
     max_len = int(info.get("max_length") or 2048)
     hf = HFLM(pretrained=model, tokenizer=tok, batch_size=args.hf_batch_size, max_length=max_len, device=args.device)
     fast = FastLM(model, tok, max_length=max_len, token_budget=args.token_budget, static_cache=args.static_cache)
+    if args.expanded_prefix:
+        fast.shared_prefix_decode = fast._shared_decode = False
     emb = model.get_input_embeddings().weight.numel()
     n_params = sum(q.numel() for q in model.parameters()) - emb
     head = model.get_output_embeddings().weight
@@ -333,7 +338,7 @@ def main(argv=None) -> int:
         "fast_sdpa_kernels": ("no-cudnn" if os.environ.get(SDPA_ENV) != "default" else "pytorch-default")
         if args.device.startswith("cuda") else "cpu",
         "dtype": args.dtype, "torch_threads": torch.get_num_threads(), "hf_batch_size": args.hf_batch_size, "fast_token_budget": fast.budget.tokens,
-        "fast_static_cache": args.static_cache,
+        "fast_static_cache": args.static_cache, "fast_prefix_in_place": fast._shared_decode,
         "limit": args.limit, "repeats": args.repeats, "model_load_s": round(load_s, 1),
         "matmul_params": n_params, "lm_head_params": head_params,
         "bf16_peak_tflops_spec": (peak_flops(args.device) or 0) / 1e12 or None,

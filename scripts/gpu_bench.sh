@@ -8,7 +8,7 @@
 #   run(command="OUT=$OUT bash scripts/gpu_bench.sh", carry=[".gpu"], timeout_s=540)   # device tool
 #
 # The machine has torch + transformers; the rest comes from .gpu/ (see gpu_prep.sh).
-# BENCH_STEPS picks steps (default smoke,mc,gen; also probe, genstatic, fp32).
+# BENCH_STEPS picks steps (default smoke,mc,gen; also probe, genexpanded, genstatic, fp32).
 # BENCH_DEVICE=cpu BENCH_SCALE=smoke BENCH_MODEL=random:tiny-phi rehearse it on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +94,12 @@ fi
 # --- gen: GSM8K 8-shot prompts, greedy, 256 new tokens (random weights never stop early) -
 if step gen; then
   bench 150 gpu_phi2_gsm8k.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256
+fi
+
+# --- genexpanded: the same generation with the few-shot prefix's KV cache copied to every row
+# (as before prefix_attention.py): how much reading it once per batch gains on this GPU
+if step genexpanded; then
+  bench 150 gpu_phi2_gsm8k_expanded.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 --expanded-prefix
 fi
 
 # --- genstatic: the same generation with --static-cache (transformers' static KV cache,

@@ -747,7 +747,7 @@ class FastLM(TemplateLM):
             mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
         else:
             kw = {PREFIX_KW: pre}
-            pre.valid = mask.bool()  # the rows' own keys (the prefix is not in their cache)
+            pre.set_valid(mask.bool())  # the rows' own keys (the prefix is not in their cache)
         try:
             out = self.model(input_ids=ids, attention_mask=None if pre is not None else mask, position_ids=pos,
                              use_cache=True, logits_to_keep=1, **kw)
@@ -799,7 +799,7 @@ class FastLM(TemplateLM):
                 active = [active[k] for k in keep]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             if pre is not None:
-                pre.valid = mask.bool()
+                pre.set_valid(mask.bool())
             out = self.model(input_ids=step, attention_mask=None if pre is not None else mask, position_ids=next_pos,
                              use_cache=True, logits_to_keep=1, **kw)
             next_pos = next_pos + 1

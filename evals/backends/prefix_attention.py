@@ -24,7 +24,7 @@ bypasses the interface is detected.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -49,6 +49,22 @@ class Prefix:
     values: list[torch.Tensor]
     valid: torch.Tensor | None = None
     calls: int = 0
+    _masks: dict = field(default_factory=dict, repr=False)  # (q, L, rep) -> additive mask, per valid
+
+    def set_valid(self, valid: torch.Tensor) -> None:
+        """New own-key mask (each decoding step); the masks built from the old one are dropped."""
+        self.valid = valid
+        self._masks.clear()
+
+    def own_mask(self, q: int, L: int, rep: int) -> torch.Tensor:
+        """Additive float32 mask [B, 1, rep * q, L] over the rows' own keys (see _own_visible),
+        built once per forward pass and shared by its layers."""
+        key = (q, L, rep)
+        if key not in self._masks:
+            hidden = ~_own_visible(self.valid, q, L).repeat(1, rep, 1)[:, None]
+            self._masks[key] = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device).masked_fill_(
+                hidden, float("-inf"))
+        return self._masks[key]
 
 
 def cache_kv(cache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -67,18 +83,20 @@ def _own_visible(valid: torch.Tensor, q: int, L: int) -> torch.Tensor:
     return causal[None] & valid[:, None, :L]
 
 
-def prefix_attention(query, key, value, prefix_k, prefix_v, valid, scaling: float | None = None) -> torch.Tensor:
+def prefix_attention(query, key, value, prefix_k, prefix_v, valid, scaling: float | None = None,
+                     own_mask: torch.Tensor | None = None) -> torch.Tensor:
     """softmax([q Kp^T, q K^T + mask] * scaling) [Vp; V] for query [B, H, q, d], the rows' own
     key/value [B, kvH, L, d], the shared prefix's [1, kvH, S, d] and `valid` [B, >= L] (own
     keys that are not padding); a query sees the whole prefix and its row's valid own keys up
     to its own position (the last q of L). H a multiple of kvH (grouped-query heads share
-    their key head). Returns [B, q, H, d]."""
+    their key head). `own_mask`: Prefix.own_mask, if already built. Returns [B, q, H, d]."""
     B, H, q, d = query.shape
     kvH, L, S = key.shape[1], key.shape[2], prefix_k.shape[2]
     rep, rq = H // kvH, (H // kvH) * q
     scale = scaling if scaling is not None else d ** -0.5
     kp, vp = prefix_k[0], prefix_v[0]  # [kvH, S, d]
-    visible = _own_visible(valid, q, L)  # [B, q, L]
+    if own_mask is None:
+        own_mask = Prefix([], [], valid).own_mask(q, L, rep)  # [B, 1, rq, L]
     out = query.new_empty(B, q, H, value.shape[-1])
     step = max(1, SCORES_CHUNK.get(query.device.type, 1 << 24) // (H * q * (S + L)))
     for b0 in range(0, B, step):
@@ -89,8 +107,7 @@ def prefix_attention(query, key, value, prefix_k, prefix_v, valid, scaling: floa
         s_pre = torch.matmul(qg.transpose(0, 1).reshape(kvH, nb * rq, d), kp.transpose(-1, -2))
         s_own = torch.matmul(qg, key[b0:b1].transpose(-1, -2))  # [nb, kvH, rq, L]
         s = torch.cat([s_pre.view(kvH, nb, rq, S).transpose(0, 1), s_own], dim=-1).float().mul_(scale)
-        allowed = visible[b0:b1].repeat(1, rep, 1)  # [nb, rq, L]
-        s[..., S:].masked_fill_(~allowed[:, None], float("-inf"))
+        s[..., S:] += own_mask[b0:b1]
         p = torch.softmax(s, dim=-1).to(value.dtype)
         o = torch.matmul(p[..., :S].transpose(0, 1).reshape(kvH, nb * rq, S), vp)  # [kvH, nb * rq, dv]
         o = o.view(kvH, nb, rq, -1).transpose(0, 1) + torch.matmul(p[..., S:], value[b0:b1])
@@ -115,7 +132,9 @@ def prefix_attention_forward(module, query, key, value, attention_mask, **kwargs
     pk, pv = pre.keys[i], pre.values[i]
     pre.calls += 1
     if query.shape[2] == 1:  # a decoding step: the prefix is read once for all rows
-        return prefix_attention(query, key, value, pk, pv, pre.valid, kwargs.get("scaling")), None
+        rep = query.shape[1] // key.shape[1]
+        mask = pre.own_mask(1, key.shape[2], rep)
+        return prefix_attention(query, key, value, pk, pv, pre.valid, kwargs.get("scaling"), mask), None
     # the prompts' own tokens (prefill): SDPA over the prefix expanded for this layer only
     B, q, L = query.shape[0], query.shape[2], key.shape[2]
     k = torch.cat([pk.expand(B, -1, -1, -1), key], dim=2)
