@@ -7,9 +7,10 @@ the requests from configs/tasks, exactly as a run does), then turns it into time
   floor     matrix-product FLOPs at a stated model FLOPs utilisation of the device's bf16
             peak (log-likelihood and prompt prefill), plus decoding bounded by memory reads:
             the weights once per step (batch rows decode together) and, for every row at
-            every step, the KV cache of its prompt and of the tokens generated so far (each
-            row holds its own copy, a shared few-shot prefix included, as the backend's
-            decoding does).
+            every step, the KV cache of its own prompt tokens and of the tokens generated so
+            far; a few-shot prefix shared by a cluster of prompts is read once per batch and
+            step, as the backend's decoding does where the model's attention allows
+            (evals/backends/prefix_attention.py).
   measured  (--bench, from scripts/bench_runner.py JSON of the same model and device) each
             benchmark's workload tokens over the measured tokens/s of the fast backend for
             that task, or for its request type when the task was not measured.
@@ -102,23 +103,34 @@ def count_work(name: str, insts, lm, ratio: float | None = None) -> dict:
         rec.update(workload_tokens=sum(len(c) + len(x) for c, x in pairs), fast_forward_tokens=plan.forward_tokens(),
                    fast_logit_positions=plan.scored_positions(), hf_forward_tokens=hf_tok, hf_logit_positions=hf_tok)
     else:
-        prompts, gen, kv_reads = [], 0, 0
+        from evals.backends.fast import share_clusters
+
+        prompts, gens = [], []
         for inst in insts:
             ctx, kw = inst.args
-            prompts.append(lm.tok_encode(ctx))
             g = int(kw.get("max_gen_toks", lm.max_gen_toks))
-            gen += g
-            # step t (0..g-1) attends to the prompt (cut to max_length - g, as the backend does) and t tokens
-            kv_reads += g * min(len(prompts[-1]), max(1, lm.max_length - g)) + g * (g - 1) // 2
-        rec.update(workload_tokens=sum(map(len, prompts)) + gen, prompt_tokens=sum(map(len, prompts)),
-                   fast_prefill_tokens=once_tokens(prompts), max_new_tokens=gen, kv_token_reads=kv_reads)
+            prompts.append(lm.tok_encode(ctx)[-max(1, lm.max_length - g):])  # cut as the backend does
+            gens.append(g)
+        keys, shared = share_clusters(prompts)
+        # step t (0..g-1) of a row reads its own prompt tokens and t generated ones; a cluster's
+        # shared prefix is read once per batch and step (prefix_clusters: rows, prefix, steps)
+        kv_reads = sum(g * (len(q) - s) + g * (g - 1) // 2 for q, s, g in zip(prompts, shared, gens))
+        clusters: dict = {}
+        for k, s, g in zip(keys, shared, gens):
+            if k is not None:
+                n, _, steps = clusters.get(k, (0, s, 0))
+                clusters[k] = (n + 1, s, max(steps, g))
+        rec.update(workload_tokens=sum(map(len, prompts)) + sum(gens), prompt_tokens=sum(map(len, prompts)),
+                   fast_prefill_tokens=once_tokens(prompts), max_new_tokens=sum(gens), kv_token_reads=kv_reads,
+                   prefix_clusters=[list(c) for c in clusters.values()])
     return rec
 
 
 def floor_seconds(rec: dict, body: int, head: int, peak: float, mfu: float, bw: float, gen_batch: int,
                   kv_bytes: int = 0) -> float:
     """Time floor of one benchmark: FLOPs at `mfu` of `peak`; decoding at least one weight read
-    per step plus every row's KV cache read per step (`kv_bytes` per cached token)."""
+    per step plus every row's own KV cache read per step (`kv_bytes` per cached token) and each
+    cluster's shared prefix once per batch of `gen_batch` rows and step."""
     if rec["request_type"] == "loglikelihood":
         flops = 2 * body * rec["fast_forward_tokens"] + 2 * head * rec["fast_logit_positions"]
         rec["flops"] = flops
@@ -128,7 +140,8 @@ def floor_seconds(rec: dict, body: int, head: int, peak: float, mfu: float, bw: 
     rec["flops"] = flops
     prefill = (2 * body * rec["fast_prefill_tokens"] + 2 * head * n) / (peak * mfu)
     steps = -(-n // gen_batch) * (rec["max_new_tokens"] / n)  # batches x tokens per prompt
-    reads = steps * 2 * (body + head) + rec.get("kv_token_reads", 0) * kv_bytes
+    prefix_reads = sum(-(-n // gen_batch) * g * S for n, S, g in rec.get("prefix_clusters", []))
+    reads = steps * 2 * (body + head) + (rec.get("kv_token_reads", 0) + prefix_reads) * kv_bytes
     rec["decode_read_bytes"] = int(reads)
     decode = max(reads / bw, 2 * (body + head) * rec["max_new_tokens"] / (peak * mfu))
     return prefill + decode
@@ -209,7 +222,7 @@ def main(argv=None) -> int:
     measured_all = all(r["measured_s"] is not None for r in rows.values())
     print(f"total floor: {tot_floor / 60:.1f} min ({args.device}, {args.mfu:.0%} of {peak / 1e12:.0f} TFLOP/s, "
           f"decode batch {args.gen_batch} at {bw / 1e12:.2f} TB/s, weights and {kv_bytes // 1024} KiB of KV cache "
-          f"per cached token read per step; generation at max_gen_toks)")
+          f"per cached token read per step, a shared prefix once per batch; generation at max_gen_toks)")
     if per_task or per_kind:
         print(f"total from measured rates: fast {tot_meas / 60:.1f} min, hf {tot_hf / 60:.1f} min"
               + ("" if measured_all else " (some benchmarks unmeasured)"))

@@ -45,8 +45,15 @@ def test_generation_work_counts_max_new_tokens(embedded_model):
     rec = project_suite.count_work("t", reqs, lm)
     prompt = sum(len(lm.tok_encode(c)) for c in CONTEXTS)
     assert rec["prompt_tokens"] == prompt and rec["max_new_tokens"] == 4 * 32
-    assert rec["kv_token_reads"] == 32 * prompt + 4 * (32 * 31 // 2)  # every step reads the prompt and what it made
-    assert rec["fast_prefill_tokens"] < prompt  # the shared few-shot prefix is prefilled once
+    from evals.backends.fast import share_clusters
+
+    _, shared = share_clusters([lm.tok_encode(c) for c in CONTEXTS])
+    S = max(shared)
+    assert S > 0 and sorted(shared) == [0, 0, S, S]  # the two few-shot prompts share their examples
+    # every step reads each row's own prompt tokens and what it made; the shared prefix once per batch
+    assert rec["kv_token_reads"] == 32 * (prompt - 2 * S) + 4 * (32 * 31 // 2)
+    assert rec["prefix_clusters"] == [[2, S, 32]]
+    assert rec["fast_prefill_tokens"] == prompt - S  # the shared few-shot prefix is prefilled once
 
 
 def test_token_counter_counts_like_the_backend(embedded_model):
@@ -88,3 +95,11 @@ def test_kv_bytes_per_token_follows_the_config(embedded_model):
     phi2 = SimpleNamespace(num_attention_heads=32, num_key_value_heads=32, hidden_size=2560, num_hidden_layers=32)
     assert project_suite.kv_bytes_per_token(phi2) == 327680
     assert project_suite.kv_bytes_per_token(embedded_model.model.config) == 2 * 30 * 3 * 64 * 2
+
+
+def test_decode_floor_reads_a_shared_prefix_once_per_batch():
+    gen = {"request_type": "generate_until", "n_requests": 8, "fast_prefill_tokens": 0, "max_new_tokens": 8 * 10,
+           "kv_token_reads": 0, "prefix_clusters": [[8, 500, 10]]}
+    secs = project_suite.floor_seconds(gen, body=10**9, head=0, peak=1e18, mfu=1.0, bw=1e12, gen_batch=4, kv_bytes=1000)
+    # 2 batches x 10 steps, each reading 2 GB of weights and the 500-token prefix (500 kB) once
+    assert secs == pytest.approx(20 * (2e9 + 500 * 1000) / 1e12, rel=1e-3)
