@@ -160,16 +160,18 @@ def packed_attention_forward(module, query, key, value, attention_mask, **kwargs
     return out.index_select(0, pack.scatter)[None], None
 
 
-def _register() -> bool:
+def register(name: str, fn) -> bool:
+    """Register `fn` as transformers attention implementation `name`; False where transformers
+    lacks the AttentionInterface or its SDPA function (which these implementations call)."""
     try:
         from transformers import AttentionInterface
     except ImportError:  # pragma: no cover - transformers without the interface
         return False
-    AttentionInterface.register(PACKED, packed_attention_forward)
+    AttentionInterface.register(name, fn)
     return sdpa_attention_forward is not None
 
 
-_REGISTERED = _register()
+_REGISTERED = register(PACKED, packed_attention_forward)
 
 
 def supports(model) -> bool:
@@ -185,12 +187,17 @@ def supports(model) -> bool:
 
 
 @contextlib.contextmanager
-def packed(model):
-    """Within the block, the model's attention implementation is PACKED (then restored)."""
+def attention_implementation(model, name: str):
+    """Within the block, the model's attention implementation is `name` (then restored)."""
     cfg = model.config
     old = cfg._attn_implementation
-    cfg._attn_implementation = PACKED
+    cfg._attn_implementation = name
     try:
         yield
     finally:
         cfg._attn_implementation = old
+
+
+def packed(model):
+    """Within the block, the model's attention implementation is PACKED (then restored)."""
+    return attention_implementation(model, PACKED)

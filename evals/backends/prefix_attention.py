@@ -23,15 +23,12 @@ bypasses the interface is detected.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
-try:
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-except ImportError:  # pragma: no cover - transformers without it: supports() says no
-    sdpa_attention_forward = None
+from evals.backends.packed_attention import attention_implementation, register, sdpa_attention_forward
+from evals.backends.packed_attention import supports as routes_attention
 
 SHARED = "phi2eval_shared_prefix"
 PREFIX_KW = "phi2eval_prefix"
@@ -144,24 +141,13 @@ def prefix_attention_forward(module, query, key, value, attention_mask, **kwargs
     return sdpa_attention_forward(module, query, k, v, mask, **{**kwargs, "is_causal": False})
 
 
-def _register() -> bool:
-    try:
-        from transformers import AttentionInterface
-    except ImportError:  # pragma: no cover - transformers without the interface
-        return False
-    AttentionInterface.register(SHARED, prefix_attention_forward)
-    return sdpa_attention_forward is not None
-
-
-_REGISTERED = _register()
+_REGISTERED = register(SHARED, prefix_attention_forward)
 
 
 def supports(model, max_length: int) -> bool:
     """Whether `model` can decode under a shared prefix here: attention through transformers'
     AttentionInterface as SDPA (packed_attention.supports), each attention module knows its
     layer, and no sliding window shorter than `max_length`."""
-    from evals.backends.packed_attention import supports as routes_attention
-
     if not _REGISTERED or not routes_attention(model):
         return False
     window = getattr(model.config, "sliding_window", None)
@@ -171,13 +157,6 @@ def supports(model, max_length: int) -> bool:
     return bool(layers)
 
 
-@contextlib.contextmanager
 def shared_prefix(model):
     """Within the block, the model's attention implementation is SHARED (then restored)."""
-    cfg = model.config
-    old = cfg._attn_implementation
-    cfg._attn_implementation = SHARED
-    try:
-        yield
-    finally:
-        cfg._attn_implementation = old
+    return attention_implementation(model, SHARED)
