@@ -781,9 +781,9 @@ class FastLM(TemplateLM):
                 g.append(tok)
                 done = tok in eos or len(g) >= max_gen
                 if not done:
-                    text = self.tok_decode(g[-tail_n:])
-                    if seen[row] or len(g) <= tail_n or any(t in text for t in until):
-                        text = self.tok_decode(g) if len(g) > tail_n else text
+                    tail = None if seen[row] or len(g) <= tail_n else self.tok_decode(g[-tail_n:])
+                    if tail is None or any(t in tail for t in until):
+                        text = self.tok_decode(g)
                         seen[row] = any(t in text for t in until)
                         done = self._stop_final(text, until)
                 if not done:
