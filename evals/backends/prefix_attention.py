@@ -46,7 +46,7 @@ class Prefix:
     values: list[torch.Tensor]
     valid: torch.Tensor | None = None
     calls: int = 0
-    _masks: dict = field(default_factory=dict, repr=False)  # (q, L, rep) -> additive mask, per valid
+    _masks: dict = field(default_factory=dict, repr=False)  # masks built from `valid`, per shape
 
     def set_valid(self, valid: torch.Tensor) -> None:
         """New own-key mask (each decoding step); the masks built from the old one are dropped."""
@@ -61,6 +61,17 @@ class Prefix:
             hidden = ~_own_visible(self.valid, q, L).repeat(1, rep, 1)[:, None]
             self._masks[key] = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device).masked_fill_(
                 hidden, float("-inf"))
+        return self._masks[key]
+
+    def prefill_mask(self, q: int, L: int) -> torch.Tensor:
+        """Boolean mask [B, 1, q, S + L] over the prefix (all visible) and the rows' own keys, for
+        SDPA over the prefix expanded (prefill), built once per forward pass."""
+        key = ("prefill", q, L)
+        if key not in self._masks:
+            S = self.keys[0].shape[2]
+            mask = torch.ones(self.valid.shape[0], 1, q, S + L, dtype=torch.bool, device=self.valid.device)
+            mask[:, 0, :, S:] = _own_visible(self.valid, q, L)
+            self._masks[key] = mask
         return self._masks[key]
 
 
@@ -133,11 +144,10 @@ def prefix_attention_forward(module, query, key, value, attention_mask, **kwargs
         mask = pre.own_mask(1, key.shape[2], rep)
         return prefix_attention(query, key, value, pk, pv, pre.valid, kwargs.get("scaling"), mask), None
     # the prompts' own tokens (prefill): SDPA over the prefix expanded for this layer only
-    B, q, L = query.shape[0], query.shape[2], key.shape[2]
+    B = query.shape[0]
     k = torch.cat([pk.expand(B, -1, -1, -1), key], dim=2)
     v = torch.cat([pv.expand(B, -1, -1, -1), value], dim=2)
-    mask = torch.ones(B, 1, q, pk.shape[2] + L, dtype=torch.bool, device=query.device)
-    mask[:, 0, :, pk.shape[2]:] = _own_visible(pre.valid, q, L)
+    mask = pre.prefill_mask(query.shape[2], key.shape[2])
     return sdpa_attention_forward(module, query, k, v, mask, **{**kwargs, "is_causal": False})
 
 
@@ -153,8 +163,7 @@ def supports(model, max_length: int) -> bool:
     window = getattr(model.config, "sliding_window", None)
     if isinstance(window, int) and window < max_length:
         return False
-    layers = [m for m in model.modules() if hasattr(m, "layer_idx") and "Attention" in type(m).__name__]
-    return bool(layers)
+    return any(hasattr(m, "layer_idx") and "Attention" in type(m).__name__ for m in model.modules())
 
 
 def shared_prefix(model):
