@@ -244,9 +244,11 @@ def runner_stats(lm) -> dict:
         lm = lm.inner
     stats = {"backend_class": type(lm).__name__}
     if hasattr(lm, "peak_memory_bytes"):
-        budget = getattr(lm, "budget", None)
+        budget, gen = getattr(lm, "budget", None), getattr(lm, "gen_budget", None)
         stats.update(peak_memory_bytes=lm.peak_memory_bytes, token_budget=getattr(budget, "tokens", None),
                      oom_events=list(getattr(budget, "events", [])), **dict(getattr(lm, "stats", {})))
+        if gen is not None:
+            stats.update(gen_token_budget=gen.tokens, gen_oom_events=list(gen.events))
     return stats
 
 

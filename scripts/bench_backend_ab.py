@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--tasks", default="piqa,winogrande,hellaswag")
     p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--per-task", type=int, default=None,
+                   help="instead of --limit: the first N documents of every sub-task (as phi2eval run --limit N)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-gen-toks", type=int, default=None, help="generation tasks: override max_gen_toks")
     p.add_argument("--out", default=None, help="JSON path for the record")
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
               "device_name": cpu_model(), "torch_threads": torch.get_num_threads(), "tasks": {}}
     print(f"{'task':<14}{'old s':>14}{'new s':>14}{'new/old':>9}{'max|dLL| or differing texts':>30}", flush=True)
     for name in args.tasks.split(","):
-        kind, insts = build_requests(name, args.limit, tm, args.max_gen_toks)
+        kind, insts = build_requests(name, args.limit, tm, args.max_gen_toks, args.per_task)
         times, outs = {"old": [], "new": []}, {}
         for r in range(args.rounds):
             pairs = [("old", Old), ("new", FastLM)]

@@ -62,14 +62,17 @@ def leaf_tasks(obj) -> list:
     return [obj]
 
 
-def build_requests(name: str, limit: int, tm, max_gen_toks: int | None) -> tuple[str, list]:
-    """(request_type, instances) for a task or group, at most `limit` documents in all."""
+def build_requests(name: str, limit: int, tm, max_gen_toks: int | None, per_task: int | None = None) -> tuple[str, list]:
+    """(request_type, instances) for a task or group, at most `limit` documents in all, or with
+    `per_task` the first that many of every sub-task (as `phi2eval run --limit`)."""
     from lm_eval.api.instance import Instance
     from lm_eval.tasks import get_task_dict
 
     tasks = leaf_tasks(get_task_dict([name], tm))
     # a group (mmlu) gets whole-ish subtasks (>= 10 docs each), as in a real run, not 1 doc of each
-    per = max(math.ceil(limit / len(tasks)), min(limit, 10))
+    per = per_task or max(math.ceil(limit / len(tasks)), min(limit, 10))
+    if per_task:
+        limit = per_task * len(tasks)
     insts, docs = [], 0
     for task in tasks:
         if docs >= limit:

@@ -46,14 +46,6 @@ DEVICES = {  # bf16 dense peak FLOP/s and memory bandwidth (bytes/s), vendor dat
 }
 
 
-def kv_bytes_per_token(config, bytes_per_value: int = 2) -> int:
-    """Bytes of KV cache one token takes in all layers (bf16): 2 x layers x KV heads x head dim x 2."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * bytes_per_value
-
-
 def matmul_params(preset: str) -> tuple[int, int, int, float]:
     """(body, lm_head, embedding) parameter counts of a random-model preset, built on the meta
     device, and the fast backend's merge ratio for it (fast.merge_ratio)."""
@@ -179,6 +171,7 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from bench_runner import build_requests
+    from evals.backends.batching import kv_bytes_per_token
     from evals.random_model import embedded_tokenizer
 
     body, head, emb, ratio = matmul_params(args.preset)

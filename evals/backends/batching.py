@@ -40,6 +40,30 @@ def default_budget(device: torch.device | str, bytes_per_token: int = CUDA_BYTES
     return CPU_DEFAULT_TOKENS
 
 
+def kv_bytes_per_token(config, bytes_per_value: int = 2) -> int | None:
+    """Bytes of KV cache one token takes in all layers: 2 x layers x KV heads x head dim x
+    bytes per value; None if the config does not say."""
+    heads = getattr(config, "num_attention_heads", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    if not isinstance(heads, int) or not isinstance(layers, int) or heads <= 0:
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * layers * kv_heads * head_dim * bytes_per_value
+
+
+def available_memory_bytes() -> int | None:
+    """Memory the system can still give this process (MemAvailable in /proc/meminfo), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def is_oom(exc: BaseException) -> bool:
     """True for torch's out-of-memory error or a RuntimeError that says 'out of memory'."""
     oom_type = getattr(torch, "OutOfMemoryError", None)
@@ -92,14 +116,14 @@ class TokenBudget:
 
 def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget: TokenBudget,
                keys: Sequence | None = None, pad_lengths: Sequence[int] | None = None,
-               pad_ratio: float | None = None, packed: bool = False) -> int:
+               pad_ratio: float | None = None, packed: bool = False, pad_waste: int | None = None) -> int:
     """End index (exclusive) of the batch beginning at order[start].
 
     Items are taken in `order` (longest first) while rows x longest <= budget.tokens,
     rows <= budget.max_rows, the item is not much shorter than the longest
     (budget.max_pad_ratio, compared on `pad_lengths` if given: the part of each item that is
     padded, e.g. without a shared prefix) or the batch's padding stays within
-    budget.max_pad_waste tokens, and (if `keys` is given) the key stays the same;
+    budget.max_pad_waste tokens (`pad_waste` if given), and (if `keys` is given) the key stays the same;
     a batch always holds at least one item.
 
     `packed`: the batch runs unpadded (rows concatenated, each length group padded only inside
@@ -108,6 +132,7 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
     """
     pad = pad_lengths if pad_lengths is not None else lengths
     ratio = None if packed else (pad_ratio if pad_ratio is not None else budget.max_pad_ratio)
+    waste = budget.max_pad_waste if pad_waste is None else pad_waste
     longest = 0
     pad_sum = 0
     total = 0
@@ -122,7 +147,7 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
             break
         if end > start and ratio and pad[order[start]] > ratio * pad[order[end]]:
             # items are longest first, so pad[order[start]] is the batch's longest padded part
-            if rows * pad[order[start]] - (pad_sum + pad[order[end]]) > budget.max_pad_waste:
+            if rows * pad[order[start]] - (pad_sum + pad[order[end]]) > waste:
                 break
         longest = cand
         pad_sum += pad[order[end]]
@@ -176,6 +201,7 @@ def run_batched(
     pad_lengths: Sequence[int] | None = None,
     pad_ratio: float | None = None,
     packed: Callable[[], bool] | None = None,
+    pad_waste: int | None = None,
 ) -> list[Any]:
     """Call fn on token-budget batches of item indices; return results in item order.
 
@@ -183,14 +209,15 @@ def run_batched(
     the same items are retried in smaller batches; finished results are never recomputed.
     A single item that runs out of memory twice re-raises the error. Items with different
     `keys` never share a batch; `pad_lengths` see take_batch; `pad_ratio` overrides
-    budget.max_pad_ratio; `packed()` says whether the next batch runs unpadded (take_batch).
+    budget.max_pad_ratio and `pad_waste` budget.max_pad_waste; `packed()` says whether the next
+    batch runs unpadded (take_batch).
     """
     order = sort_order(lengths, keys)
     results: list[Any] = [None] * len(lengths)
     start, single_failures = 0, 0
     while start < len(order):
         unpadded = bool(packed and packed())
-        end = take_batch(lengths, order, start, budget, keys, pad_lengths, pad_ratio, unpadded)
+        end = take_batch(lengths, order, start, budget, keys, pad_lengths, pad_ratio, unpadded, pad_waste)
         idx = list(order[start:end])
         try:
             out = fn(idx)

@@ -30,7 +30,13 @@ Generation (greedy)
     runs through transformers' AttentionInterface the rows' KV cache holds only their own
     tokens and each decoding step reads the prefix's one copy for all rows
     (prefix_attention.py), so a batch is sized by its rows' own tokens; otherwise the
-    prefix's cache is copied to every row.
+    prefix's cache is copied to every row. A cluster of fewer than GEN_CLUSTER_MIN_ROWS prompts
+    joins the common pool, where prompts of different tasks share batches.
+  * Generation batches have their own token budget (on the CPU sized by the KV cache's memory,
+    gen_budget_tokens) and take rows of any length while reading their left padding's KV
+    cache costs less than a decoding step's fixed cost (gen_pad_waste); a batch's rows are
+    prefilled in groups of similar length whose caches are copied into one left-padded cache
+    (widen_cache), so padding costs no prefill.
   * Each row stops on the model's EOS token, on max_gen_toks, or as soon as its decoded text
     holds a stop sequence whose cut can no longer move (looked for in the text of the last
     few tokens, the whole text decoded only once one appears); finished rows leave the batch.
@@ -69,7 +75,18 @@ from lm_eval.models.utils import (
 )
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
-from evals.backends.batching import TokenBudget, default_budget, packed_groups, peak_memory_bytes, run_batched
+from evals.backends.batching import (
+    BUDGET_ENV,
+    MAX_TOKENS,
+    TokenBudget,
+    available_memory_bytes,
+    default_budget,
+    kv_bytes_per_token,
+    packed_groups,
+    peak_memory_bytes,
+    plan_batches,
+    run_batched,
+)
 from evals.backends.lm_head import HeadScorer
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.packed_attention import supports as supports_packed
@@ -84,6 +101,17 @@ SHARE_MIN = 32  # shortest common prefix (tokens) worth running once per batch
 # generation: decoding steps cost about the same for 4 rows as for 1, so batches may hold rows
 # up to 1.5x shorter (left padding) instead of log-likelihood's 1.1x
 GEN_PAD_RATIO = 1.5
+# A decoding step has a fixed cost (reading the weights on a CPU, launching kernels on a GPU)
+# and each row adds the reads of its KV cache, so generation batches are larger than
+# log-likelihood's. On the CPU (SmolLM2-135M, float32, rows of 1500 tokens, reserved KV cache)
+# a step took 37.5 ms for 1 row, 70.3 ms for 5 and 191.7 ms for 27: 7.1 ms per row at 27 rows
+# against 14.1 ms at 5. See gen_budget_tokens and gen_pad_waste.
+CPU_GEN_MEMORY_SHARE = 0.25  # CPU: a generation batch's KV cache may fill this share of available memory
+GPU_ASSUMED_BANDWIDTH = 3.35e12  # bytes/s (H100; H200 4.8e12)
+# a cluster of fewer prompts decodes in the common pool, where it may share a batch with other
+# prompts (its prefix copied to its rows, or shared if the batch holds only its prompts): a
+# batch of its own costs a whole decoding loop
+GEN_CLUSTER_MIN_ROWS = 8
 # greedy decoding checks stop sequences in the text of a row's last (longest stop + this many) tokens
 STOP_TAIL_TOKENS = 8
 # static-cache generation: a benchmark's prompts are left padded to one width, a multiple of this
@@ -128,6 +156,57 @@ def gpu_pad_waste(model: Any, budget_tokens: int, attention_only: bool = False) 
     if attention_only:
         per_s *= max(1.0, merge_ratio(model) / 1024)
     return int(min(budget_tokens // 4, GPU_FORWARD_OVERHEAD_S * per_s))
+
+
+def _weight_bytes(model: Any) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _value_bytes(model: Any) -> int:
+    return next(model.parameters()).element_size()
+
+
+def gen_budget_tokens(model: Any, device: torch.device, base: int) -> int:
+    """Token budget of a generation batch (rows x (prompt + max_gen_toks)): on the CPU as many
+    tokens as fill CPU_GEN_MEMORY_SHARE of the available memory with KV cache (SmolLM2-135M in
+    float32, 46 KiB per token: about 120k tokens on a 24 GiB machine), never below `base`
+    (the log-likelihood budget); elsewhere `base` (on CUDA it already follows free memory)."""
+    if device.type != "cpu":
+        return base
+    kv = kv_bytes_per_token(model.config, _value_bytes(model))
+    avail = available_memory_bytes()
+    if not kv or not avail:
+        return base
+    return max(base, min(MAX_TOKENS, int(CPU_GEN_MEMORY_SHARE * avail / kv)))
+
+
+def gen_pad_waste(model: Any, device: torch.device, budget_tokens: int) -> int:
+    """Left-padding tokens a generation batch may hold in all, to save another batch, i.e. a
+    whole decoding loop: F / k, a decoding step's fixed cost over the cost of one token's KV
+    reads in a step (rows are prefilled in groups of similar length, _prefill_groups, so the
+    padding costs decoding steps only), at most a quarter of the token budget. CPU (steps
+    bound by memory reads): weights over one token's KV bytes (SmolLM2-135M: 11.7k tokens;
+    measured: a step of 1 row 33 ms, 2.8 us more per row and cached token). GPU:
+    F = max(GPU_FORWARD_OVERHEAD_S, weights / bandwidth), k = KV bytes / bandwidth."""
+    weights = _weight_bytes(model)
+    kv = kv_bytes_per_token(model.config, _value_bytes(model))
+    if not kv:
+        return 0
+    F = float(weights)
+    if device.type == "cuda":
+        F = max(GPU_FORWARD_OVERHEAD_S * GPU_ASSUMED_BANDWIDTH, F)  # in bytes read at the bandwidth
+    return int(min(budget_tokens // 4, F / kv))
+
+
+def pool_small_clusters(keys: list, shared: list[int], min_rows: int) -> tuple[list, list[int]]:
+    """share_clusters' keys and shared lengths with every cluster of fewer than `min_rows`
+    items moved to the common pool (key None, shared 0)."""
+    size: dict = defaultdict(int)
+    for k in keys:
+        size[k] += 1
+    small = {k for k, n in size.items() if k is not None and n < min_rows}
+    return ([None if k in small else k for k in keys],
+            [0 if k in small else s for k, s in zip(keys, shared)])
 
 
 def row_mask(ends: list, prefix: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -320,6 +399,65 @@ def reserve_cache(cache, extra: int) -> int:
     return done
 
 
+def _plain_layers(cache) -> list | None:
+    """The layers of `cache` if all are initialised plain DynamicLayers of 4-d keys, else None."""
+    layers = getattr(cache, "layers", None)
+    if DynamicLayer is None or not layers:
+        return None
+    if any(type(x) is not DynamicLayer or not x.is_initialized or x.keys.dim() != 4 for x in layers):
+        return None
+    return layers
+
+
+def _copy_rows(dst: list, src: list, rows: list[int], S: int, T: int, n: int) -> None:
+    """Copy the rows of `src` layers' keys and values (S prefix columns, then n own tokens
+    left padded) into `dst` (per layer, a keys and a values buffer of all rows), own tokens
+    right aligned to width T."""
+    idx = torch.tensor(rows, device=dst[0][0].device)
+    for (kbuf, vbuf), layer in zip(dst, src):
+        for buf, t in ((kbuf, layer.keys), (vbuf, layer.values)):
+            if S:
+                buf[idx, :, :S] = t[:, :, :S]
+            buf[idx, :, S + T - n: S + T] = t[:, :, S: S + n]
+
+
+def widen_cache(cache, B: int, S: int, T: int, extra: int, rows: list[int], n: int) -> bool:
+    """Turn `cache`, which holds rows `rows` of a batch of B (S prefix columns, then own tokens
+    left padded to n), into that batch's cache: its DynamicLayers become ReservedLayers over
+    zeroed buffers of B rows x (S + T + extra) tokens, its rows copied in with their own tokens
+    right aligned to width T (the batch's longest); the other rows are filled by fill_rows.
+    The zeros in front of a shorter row are padding that the attention mask hides. False
+    (nothing changed) unless every layer is a plain DynamicLayer."""
+    layers = _plain_layers(cache)
+    if layers is None or extra < 0:
+        return False
+    bufs = []
+    for layer in layers:
+        pair = []
+        for t in (layer.keys, layer.values):
+            shape = list(t.shape)
+            shape[0], shape[2] = B, S + T + extra
+            pair.append(t.new_zeros(shape))
+        bufs.append(pair)
+    _copy_rows(bufs, layers, rows, S, T, n)
+    for layer, (kbuf, vbuf) in zip(layers, bufs):
+        layer.__class__ = ReservedLayer
+        layer._kbuf, layer._vbuf = kbuf, vbuf
+        layer.keys, layer.values = kbuf[:, :, : S + T], vbuf[:, :, : S + T]
+    return True
+
+
+def fill_rows(cache, src, rows: list[int], S: int, n: int) -> bool:
+    """Copy the rows `rows` of `src` (a group's cache, as in widen_cache) into `cache` (widened
+    by widen_cache). False if `src` is not made of plain DynamicLayers."""
+    layers = _plain_layers(src)
+    if layers is None:
+        return False
+    dst = [(layer._kbuf, layer._vbuf) for layer in cache.layers]
+    _copy_rows(dst, layers, rows, S, cache.layers[0].keys.shape[2] - S, n)
+    return True
+
+
 class _NoSharedPrefix(Exception):
     """The model's attention did not read the shared prefix in place (see FastLM._decode)."""
 
@@ -393,6 +531,11 @@ class FastLM(TemplateLM):
             setattr(cfg, name, max(getattr(cfg, name), 64))
         rows = int(batch_size) if str(batch_size or "").isdigit() else None
         self.budget = TokenBudget(int(token_budget or default_budget(self._device)), max_rows=rows)
+        # generation batches: rows x (prompt + max_gen_toks) tokens; larger on the CPU (gen_budget_tokens)
+        explicit = token_budget or os.environ.get(BUDGET_ENV, "").isdigit()
+        gen_tokens = self.budget.tokens if explicit else gen_budget_tokens(model, self._device, self.budget.tokens)
+        self.gen_budget = TokenBudget(gen_tokens, max_rows=rows)
+        self._widen_prefill = True  # generation batches prefill in groups of similar length (_prefill_groups)
         self.add_bos_token = None
         self._prefix = None  # (token tuple, KV cache) of the last shared prefix
         self._merge_ratio = merge_ratio(model)  # fixed per model; decides trie row packing
@@ -408,8 +551,10 @@ class FastLM(TemplateLM):
         self._grouped = self._device.type == "cuda" if self.grouped_rows is None else bool(self.grouped_rows)
         # greedy decoding reads a shared few-shot prefix once per batch (prefix_attention.py)
         self._shared_decode = self.shared_prefix_decode and supports_shared_prefix(model, self.max_length)
+        self._prefill_pad_waste = 0  # padded tokens a prefill group may hold beyond the ratio rule
         if self._device.type == "cuda":
             self.budget.max_pad_waste = gpu_pad_waste(model, self.budget.tokens, attention_only=self._packed)
+            self._prefill_pad_waste = gpu_pad_waste(model, self.budget.tokens)
 
     # ----- lm-eval plumbing (HFLM semantics) -------------------------------------------
     @property
@@ -668,7 +813,7 @@ class FastLM(TemplateLM):
                 enc = self.tokenizer(ctx, **self._special_kwargs(ctx, None))["input_ids"]
                 prompts.append(enc[-max_ctx:])
             greedy = self._plain_greedy(kwargs)
-            clusters, shared = share_clusters(prompts)
+            clusters, shared = pool_small_clusters(*share_clusters(prompts), GEN_CLUSTER_MIN_ROWS)
             if greedy and self.static_cache:
                 # one prompt width per group (a benchmark): its batches share compiled shapes
                 width = min(-(-max(map(len, prompts)) // STATIC_LEN_BUCKET) * STATIC_LEN_BUCKET, max_ctx)
@@ -683,7 +828,8 @@ class FastLM(TemplateLM):
                 lengths = pad  # a cluster's shared prefix is held once per batch, not once per row
             try:
                 with torch.inference_mode(), attention_kernels(self._device):
-                    texts = run_batched(lengths, fn, self.budget, clusters, pad, GEN_PAD_RATIO)
+                    texts = run_batched(lengths, fn, self.gen_budget, clusters, pad, GEN_PAD_RATIO,
+                                        pad_waste=gen_pad_waste(self.model, self._device, self.gen_budget.tokens))
             finally:
                 self._prefix = None
             for i, text in zip(idxs, texts):
@@ -734,20 +880,21 @@ class FastLM(TemplateLM):
                 self._shared_decode = False
         return self._decode(prompts, S, None, until, max_gen)
 
-    def _decode(self, prompts: list[list[int]], S: int, pre: Prefix | None, until: list[str], max_gen: int) -> list[str]:
-        """_greedy_batch's prefill and decoding steps; `pre`: the shared prefix read in place
-        (raises _NoSharedPrefix if the model's attention did not read it), or None: the
-        prefix's cache (if S) expanded to every row."""
-        B = len(prompts)
-        ids, mask = self._left_pad([p[S:] for p in prompts])
+    def _prefill(self, own: list[list[int]], S: int, pre: Prefix | None, prefix: list[int]):
+        """One forward pass over prompts' own tokens (left padded) after a shared prefix of S
+        tokens (`pre`: read in place; else, if S, its cache expanded to these rows); returns
+        (logits at the last position [rows, vocab], KV cache)."""
+        B = len(own)
+        ids, mask = self._left_pad(own)
         pos = mask.cumsum(-1) - 1 + S
         pos.masked_fill_(mask == 0, 1)
         if pre is None:
-            kw = {self._cache_kw: self._prefix_cache(prompts[0][:S], B, "gen")} if S else {}
+            kw = {self._cache_kw: self._prefix_cache(prefix, B, "gen")} if S else {}
             mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
         else:
             kw = {PREFIX_KW: pre}
             pre.set_valid(mask.bool())  # the rows' own keys (the prefix is not in their cache)
+            pre.calls = 0
         try:
             out = self.model(input_ids=ids, attention_mask=None if pre is not None else mask, position_ids=pos,
                              use_cache=True, logits_to_keep=1, **kw)
@@ -757,12 +904,63 @@ class FastLM(TemplateLM):
             raise _NoSharedPrefix(str(exc)) from exc
         if pre is not None and pre.calls != self._n_layers:
             raise _NoSharedPrefix(f"{pre.calls} of {self._n_layers} attention layers read it")
-        cache = _out_cache(out)
-        if self.reserve_kv:
-            reserve_cache(cache, max_gen - 1)
-        kw = {self._cache_kw: cache, **({PREFIX_KW: pre} if pre is not None else {})}
-        next_pos = pos[:, -1:] + 1
         self.stats["gen_prefill_tokens"] += ids.numel()
+        return out.logits[:, -1, :], _out_cache(out)
+
+    def _prefill_groups(self, own: list[list[int]], S: int, pre: Prefix | None) -> list[list[int]]:
+        """Rows of a generation batch prefilled together: similar lengths (the log-likelihood
+        batches' padding rule and token budget; the rest of the batch's padding costs only
+        decoding steps' KV reads, see gen_pad_waste). One group if the cache cannot be widened."""
+        if not (self.reserve_kv and self._widen_prefill) or len(own) < 2:
+            return [list(range(len(own)))]
+        cols = S if pre is None else 0  # prefix columns in the rows' cache
+        rule = TokenBudget(min(self.budget.tokens, self.gen_budget.tokens), max_pad_ratio=self.budget.max_pad_ratio,
+                           max_pad_waste=self._prefill_pad_waste)
+        lengths = [cols + len(o) for o in own]
+        return plan_batches(lengths, rule, pad_lengths=[len(o) for o in own])
+
+    def _decode(self, prompts: list[list[int]], S: int, pre: Prefix | None, until: list[str], max_gen: int) -> list[str]:
+        """_greedy_batch's prefill and decoding steps; `pre`: the shared prefix read in place
+        (raises _NoSharedPrefix if the model's attention did not read it), or None: the
+        prefix's cache (if S) expanded to every row. Rows of similar length are prefilled
+        together (_prefill_groups) and their caches copied into one left-padded cache."""
+        B = len(prompts)
+        own = [p[S:] for p in prompts]
+        prefix = prompts[0][:S]
+        _, mask = self._left_pad(own)
+        T = mask.shape[1]
+        next_pos = mask.sum(-1, keepdim=True) + S
+        if pre is None and S:
+            mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        groups = self._prefill_groups(own, S, pre)
+        cache, prefills = None, len(groups)
+        if len(groups) > 1:
+            cols, widths = (S if pre is None else 0), [max(len(own[i]) for i in g) for g in groups]
+            logits = None
+            for g, n in zip(groups, widths):
+                lg, part = self._prefill([own[i] for i in g], S, pre, prefix)
+                if logits is None:
+                    logits = lg.new_empty(B, lg.shape[-1])
+                    ok = widen_cache(part, B, cols, T, max_gen - 1, g, n)
+                    cache = part
+                else:
+                    ok = fill_rows(cache, part, g, cols, n)
+                del part
+                if not ok:
+                    log.warning("this model's KV cache cannot be assembled from groups; prefilling whole batches")
+                    self._widen_prefill = False
+                    cache = None
+                    break
+                logits[torch.tensor(g, device=logits.device)] = lg
+        if cache is None:
+            prefills = 1
+            logits, cache = self._prefill(own, S, pre, prefix)
+            if self.reserve_kv:
+                reserve_cache(cache, max_gen - 1)
+        if pre is not None:
+            pre.set_valid(mask.bool())
+        kw = {self._cache_kw: cache, **({PREFIX_KW: pre} if pre is not None else {})}
+        self.stats["gen_prefill_passes"] += prefills
         self.stats["gen_prefix_in_place_batches"] += pre is not None
         eos = self._eos_ids()
         gen: list[list[int]] = [[] for _ in range(B)]
@@ -774,7 +972,7 @@ class FastLM(TemplateLM):
         seen = [False] * B  # a stop sequence is in the row's text (it may still grow longer)
         active = list(range(B))  # original row of each live batch row
         while True:
-            nxt = out.logits[:, -1, :].argmax(-1).tolist()
+            nxt = logits.argmax(-1).tolist()
             keep = []
             for k, (row, tok) in enumerate(zip(active, nxt)):
                 g = gen[row]
@@ -802,6 +1000,7 @@ class FastLM(TemplateLM):
                 pre.set_valid(mask.bool())
             out = self.model(input_ids=step, attention_mask=None if pre is not None else mask, position_ids=next_pos,
                              use_cache=True, logits_to_keep=1, **kw)
+            logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         return [postprocess_generated_text(self.tok_decode(g), until, None) for g in gen]
 

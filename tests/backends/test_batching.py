@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evals.backends.batching import TokenBudget, is_oom, packed_groups, plan_batches, run_batched
+from evals.backends.batching import (
+    TokenBudget,
+    available_memory_bytes,
+    is_oom,
+    kv_bytes_per_token,
+    packed_groups,
+    plan_batches,
+    run_batched,
+)
 
 
 def test_batches_respect_budget_and_cover_everything():
@@ -43,6 +51,29 @@ def test_pad_waste_allowance_joins_short_rows_while_total_padding_is_small():
     # a large allowance: one batch (the budget still caps rows x longest)
     assert plan_batches([100, 80, 40, 38], TokenBudget(10_000, max_pad_waste=1000)) == [[0, 1, 2, 3]]
     assert plan_batches([100, 80, 40, 38], TokenBudget(250, max_pad_waste=1000)) == [[0, 1], [2, 3]]
+
+
+def test_pad_waste_argument_overrides_the_budgets():
+    calls = []
+    run_batched([100, 80, 40, 38], lambda ix: calls.append(list(ix)) or ix, TokenBudget(10_000), pad_waste=1000)
+    assert calls == [[0, 1, 2, 3]]
+
+
+def test_kv_bytes_per_token_follows_the_config(embedded_model):
+    """Phi-2: 2 x 32 layers x 32 heads x 80 x 2 bytes; SmolLM2-135M (grouped-query): 3 KV heads of 64."""
+    from types import SimpleNamespace
+
+    phi2 = SimpleNamespace(num_attention_heads=32, num_key_value_heads=32, hidden_size=2560, num_hidden_layers=32)
+    assert kv_bytes_per_token(phi2) == 327680
+    assert kv_bytes_per_token(embedded_model.model.config, 4) == 2 * 30 * 3 * 64 * 4
+    assert kv_bytes_per_token(SimpleNamespace(n_layer=2)) is None
+
+
+def test_available_memory_is_read_on_linux():
+    import sys
+
+    if sys.platform.startswith("linux"):
+        assert available_memory_bytes() > 0
 
 
 def test_gpu_pad_waste_is_the_tokens_of_one_forward_overhead():

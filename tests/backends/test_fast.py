@@ -157,7 +157,7 @@ def test_generation_oom_backoff(smol, monkeypatch):
 
     monkeypatch.setattr(lm, "_greedy_batch", flaky)
     assert lm.generate_until(reqs) == ref
-    assert lm.budget.halvings == 1
+    assert lm.gen_budget.halvings == 1 and lm.budget.halvings == 0  # generation has its own budget
 
 
 GEN_PROMPTS = [
@@ -271,6 +271,83 @@ def test_shared_prefix_falls_back_when_attention_cannot_read_it(smol, monkeypatc
     assert lm.stats["gen_prefix_in_place_batches"] == 0
 
 
+# own parts of very different lengths after one few-shot prefix, and prompts sharing nothing
+MIXED_PROMPTS = [FEWSHOT + "Q: What is 5 plus 5?\nA:",
+                 FEWSHOT + "Q: A farmer has 12 cows, buys 30 more, sells half of them and then buys 7 more. "
+                           "How many cows does the farmer have now?\nA:",
+                 FEWSHOT + "Q: What is 11 plus 4, plus 3, plus 8?\nA:"]
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+@pytest.mark.parametrize("prompts", [GEN_PROMPTS, MIXED_PROMPTS], ids=["unshared", "fewshot"])
+def test_grouped_prefill_gives_the_whole_batch_texts(smol, prompts, in_place):
+    """Rows of a generation batch are prefilled in groups of similar length and their caches
+    copied into one left-padded cache (widen_cache): the same texts as one prefill of the
+    whole batch, with the prefix read in place or copied to every row."""
+    model, tok = smol
+    enc = [tok(p)["input_ids"] for p in prompts]
+    runs = []
+    for widen in (True, False):
+        lm = FastLM(model, tok, max_length=2048)
+        lm._shared_decode = in_place
+        lm._widen_prefill = widen
+        with torch.inference_mode():  # as generate_until runs it
+            runs.append((lm._greedy_batch(enc, ["\n\n"], 10), lm.stats["gen_prefill_passes"]))
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][1] > 1 and runs[1][1] == 1
+
+
+def test_grouped_prefill_falls_back_when_the_cache_cannot_be_widened(smol, monkeypatch, caplog):
+    from evals.backends import fast as fast_mod
+
+    model, tok = smol
+    enc = [tok(p)["input_ids"] for p in GEN_PROMPTS]
+    ref = FastLM(model, tok, max_length=2048)._greedy_batch(enc, ["\n\n"], 8)
+    monkeypatch.setattr(fast_mod, "widen_cache", lambda *a: False)
+    lm = FastLM(model, tok, max_length=2048)
+    with caplog.at_level("WARNING"):
+        assert lm._greedy_batch(enc, ["\n\n"], 8) == ref
+    assert not lm._widen_prefill and "prefilling whole batches" in caplog.text
+    assert lm.stats["gen_prefill_passes"] == 1
+
+
+def test_small_clusters_decode_in_the_pool():
+    from evals.backends.fast import pool_small_clusters
+
+    keys, shared = pool_small_clusters([0, 0, 0, 5, 5, None], [40, 40, 40, 33, 33, 0], 3)
+    assert keys == [0, 0, 0, None, None, None] and shared == [40, 40, 40, 0, 0, 0]
+
+
+def test_generation_budget(smol, monkeypatch):
+    """On the CPU a generation batch may fill a share of the available memory with KV cache
+    (never less than the log-likelihood budget); an explicit budget holds for both."""
+    from evals.backends import fast as fast_mod
+
+    model, tok = smol
+    monkeypatch.setattr(fast_mod, "available_memory_bytes", lambda: 8 << 30)
+    monkeypatch.delenv("PHI2EVAL_TOKEN_BUDGET", raising=False)
+    kv = 2 * 30 * 3 * 64 * 4  # float32
+    lm = FastLM(model, tok, max_length=2048)
+    assert lm.gen_budget.tokens == int(fast_mod.CPU_GEN_MEMORY_SHARE * (8 << 30) / kv) > lm.budget.tokens
+    assert FastLM(model, tok, max_length=2048, token_budget=3000).gen_budget.tokens == 3000
+    monkeypatch.setattr(fast_mod, "available_memory_bytes", lambda: 1 << 20)
+    assert FastLM(model, tok, max_length=2048).gen_budget.tokens == lm.budget.tokens
+
+
+def test_generation_pad_waste_is_a_steps_fixed_cost_in_kv_reads(smol):
+    """CPU: weights over one token's KV bytes; GPU: at least the forward overhead's worth of
+    bytes at the assumed bandwidth; a quarter of the budget at most."""
+    from evals.backends.fast import GPU_ASSUMED_BANDWIDTH, GPU_FORWARD_OVERHEAD_S, gen_pad_waste
+
+    model, _ = smol
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    kv = 2 * 30 * 3 * 64 * 4
+    assert gen_pad_waste(model, torch.device("cpu"), 10**9) == int(weights / kv)  # ~11.7k tokens
+    assert gen_pad_waste(model, torch.device("cpu"), 4000) == 1000
+    gpu = gen_pad_waste(model, torch.device("cuda"), 10**9)
+    assert gpu == int(GPU_FORWARD_OVERHEAD_S * GPU_ASSUMED_BANDWIDTH / kv)
+
+
 def test_stop_check_on_the_tail_stops_at_the_same_step(smol, monkeypatch):
     """Stop sequences are looked for in the text of a row's last tokens: the rows stop at the
     same step as when the whole text is decoded at every step (a huge tail), with the same texts."""
@@ -330,6 +407,8 @@ def test_random_tiny_phi_matches_hf():
     _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
     g = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6})) for p in GEN_PROMPTS[:3] + FEWSHOT_PROMPTS]
     assert lm.generate_until(g) == hf.generate_until(g)
+    # a cluster of 4 prompts decodes in the pool (GEN_CLUSTER_MIN_ROWS); alone, it is one batch
+    assert lm.generate_until(g[3:]) == hf.generate_until(g[3:])
     assert lm.stats["gen_prefix_in_place_batches"] >= 1  # Phi's attention read the shared prefix in place
 
 

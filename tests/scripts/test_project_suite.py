@@ -88,15 +88,6 @@ def test_decode_floor_reads_every_rows_kv_cache():
     assert gen["decode_read_bytes"] == 10 * 2 * 10**9 + 8 * 1045 * 1000
 
 
-def test_kv_bytes_per_token_follows_the_config(embedded_model):
-    """Phi-2: 2 x 32 layers x 32 heads x 80 x 2 bytes; SmolLM2-135M (grouped-query): 3 KV heads of 64."""
-    from types import SimpleNamespace
-
-    phi2 = SimpleNamespace(num_attention_heads=32, num_key_value_heads=32, hidden_size=2560, num_hidden_layers=32)
-    assert project_suite.kv_bytes_per_token(phi2) == 327680
-    assert project_suite.kv_bytes_per_token(embedded_model.model.config) == 2 * 30 * 3 * 64 * 2
-
-
 def test_decode_floor_reads_a_shared_prefix_once_per_batch():
     gen = {"request_type": "generate_until", "n_requests": 8, "fast_prefill_tokens": 0, "max_new_tokens": 8 * 10,
            "kv_token_reads": 0, "prefix_clusters": [[8, 500, 10]]}
