@@ -11,6 +11,10 @@ the requests from configs/tasks, exactly as a run does), then turns it into time
             far; a few-shot prefix shared by a cluster of prompts is read once per batch and
             step, as the backend's decoding does where the model's attention allows
             (evals/backends/prefix_attention.py).
+  launch    the decoding steps' fixed cost alone: the generation batches the fast backend's
+            planner cuts on the device (its memory sets the token budget), every row running to
+            max_gen_toks, at GPU_FORWARD_OVERHEAD_S per step (25 ms, measured on an H200 when a
+            step was launch-bound); a lower bound for decoding unless that cost falls.
   measured  (--bench, from scripts/bench_runner.py JSON of the same model and device) each
             benchmark's workload tokens over the measured tokens/s of the fast backend for
             that task, or for its request type when the task was not measured.
@@ -44,6 +48,7 @@ DEVICES = {  # bf16 dense peak FLOP/s and memory bandwidth (bytes/s), vendor dat
     "h100": (989e12, 3.35e12),
     "a100": (312e12, 2.0e12),
 }
+MEMORY = {"h200": 141e9, "h100": 80e9, "a100": 80e9}  # bytes of device memory (SXM)
 
 
 def matmul_params(preset: str) -> tuple[int, int, int, float]:
@@ -79,9 +84,11 @@ def token_counter(tokenizer, max_length: int, max_gen_toks: int = 256):
     return lm
 
 
-def count_work(name: str, insts, lm, ratio: float | None = None) -> dict:
+def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple[int, int] | None = None) -> dict:
     """Request counts, tokens and the fast backend's work for one benchmark's requests
-    (`ratio`: the merge ratio of the model; default from lm.model)."""
+    (`ratio`: the merge ratio of the model; default from lm.model). `gen_plan` (generation
+    batches' token budget, padding allowance): also the decoding loops the backend's batch
+    planner makes (gen_batches) and their steps at max_gen_toks (decode_steps)."""
     from bench_runner import hf_work
 
     from evals.backends.fast import merge_ratio, plan_loglikelihood
@@ -115,7 +122,28 @@ def count_work(name: str, insts, lm, ratio: float | None = None) -> dict:
         rec.update(workload_tokens=sum(map(len, prompts)) + sum(gens), prompt_tokens=sum(map(len, prompts)),
                    fast_prefill_tokens=once_tokens(prompts), max_new_tokens=sum(gens), kv_token_reads=kv_reads,
                    prefix_clusters=[list(c) for c in clusters.values()])
+        if gen_plan is not None:
+            rec.update(gen_batches_of(prompts, gens, *gen_plan))
     return rec
+
+
+def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste: int) -> dict:
+    """Generation batches as the fast backend plans them (per max_gen_toks: plan_generation,
+    then run_batched's cuts at `budget_tokens` and `pad_waste`, shared prefixes read in
+    place): their number and their decoding steps when every row runs to max_gen_toks."""
+    from evals.backends.batching import TokenBudget, plan_batches
+    from evals.backends.fast import GEN_PAD_RATIO, plan_generation
+
+    by_gen: dict = {}
+    for q, g in zip(prompts, gens):
+        by_gen.setdefault(g, []).append(q)
+    batches = steps = 0
+    for g, qs in by_gen.items():
+        keys, _, lengths, pad = plan_generation(qs, g, shared_decode=True)
+        rule = TokenBudget(budget_tokens, max_pad_ratio=GEN_PAD_RATIO, max_pad_waste=pad_waste)
+        n = len(plan_batches(lengths, rule, keys, pad))
+        batches, steps = batches + n, steps + n * g
+    return {"gen_batches": batches, "decode_steps": steps}
 
 
 def floor_seconds(rec: dict, body: int, head: int, peak: float, mfu: float, bw: float, gen_batch: int,
@@ -184,6 +212,14 @@ def main(argv=None) -> int:
     tok_label = args.tokenizer or "embedded SmolLM2-135M tokenizer (not the model's own)"
 
     lm = token_counter(tok, int(spec["config"].get("max_position_embeddings", 2048)))
+    # generation batches as the backend cuts them on this device (batching.default_budget on CUDA)
+    from evals.backends.batching import cuda_budget
+    from evals.backends.fast import GPU_FORWARD_OVERHEAD_S, GPU_GEN_MEMORY_SHARE, gen_pad_waste_tokens, kv_budget_tokens
+
+    weight_bytes = 2 * (body + head + emb)
+    free = MEMORY[args.device] - weight_bytes
+    gen_budget = kv_budget_tokens(free, kv_bytes, GPU_GEN_MEMORY_SHARE, cuda_budget(free))
+    gen_plan = (gen_budget, gen_pad_waste_tokens(weight_bytes, kv_bytes, True, gen_budget))
     suite = yaml.safe_load((ROOT / "configs" / "suites" / "phi2.yaml").read_text())
     names = args.benchmarks.split(",") if args.benchmarks else [
         b["benchmark"] for c in suite["categories"] for b in c["benchmarks"]]
@@ -191,12 +227,15 @@ def main(argv=None) -> int:
     peak, bw = DEVICES[args.device]
     per_task, per_kind, meta = measured_rates(args.bench)
     hf_task, hf_kind, _ = measured_rates(args.bench, "hf")
-    rows, tot_floor, tot_meas, tot_hf = {}, 0.0, 0.0, 0.0
+    rows, tot_floor, tot_meas, tot_hf, tot_launch = {}, 0.0, 0.0, 0.0, 0.0
     print(f"{'benchmark':<12}{'docs':>7}{'requests':>9}{'workload tok':>13}{'fast fwd tok':>13}{'TFLOP':>8}"
           f"{'floor s':>9}{'measured s':>11}{'hf s':>9}", flush=True)
     for name in names:
         _, insts = build_requests(name, 10**9, tm, None)
-        rec = count_work(name, insts, lm, ratio)
+        rec = count_work(name, insts, lm, ratio, gen_plan)
+        if "decode_steps" in rec:
+            rec["launch_bound_decode_s"] = round(rec["decode_steps"] * GPU_FORWARD_OVERHEAD_S, 1)
+            tot_launch += rec["launch_bound_decode_s"]
         rec["floor_s"] = round(floor_seconds(rec, body, head, peak, args.mfu, bw, args.gen_batch, kv_bytes), 1)
         rate = per_task.get(name) or per_kind.get(rec["request_type"])
         rec["measured_s"] = round(rec["workload_tokens"] / rate, 1) if rate else None
@@ -216,6 +255,9 @@ def main(argv=None) -> int:
     print(f"total floor: {tot_floor / 60:.1f} min ({args.device}, {args.mfu:.0%} of {peak / 1e12:.0f} TFLOP/s, "
           f"decode batch {args.gen_batch} at {bw / 1e12:.2f} TB/s, weights and {kv_bytes // 1024} KiB of KV cache "
           f"per cached token read per step, a shared prefix once per batch; generation at max_gen_toks)")
+    print(f"decoding steps' fixed cost alone: {tot_launch / 60:.1f} min (the backend's generation batches on "
+          f"{args.device}: budget {gen_plan[0]} tokens, padding allowance {gen_plan[1]}; every row to max_gen_toks; "
+          f"{GPU_FORWARD_OVERHEAD_S * 1000:.0f} ms per step as measured on an H200 on 2026-11-27)")
     if per_task or per_kind:
         print(f"total from measured rates: fast {tot_meas / 60:.1f} min, hf {tot_hf / 60:.1f} min"
               + ("" if measured_all else " (some benchmarks unmeasured)"))
@@ -229,6 +271,8 @@ def main(argv=None) -> int:
         "body_params": body, "kv_bytes_per_token": kv_bytes, "lm_head_params": head, "embedding_params": emb, "merge_ratio": round(ratio, 1),
         "bench_inputs": meta, "benchmarks": rows,
         "total_floor_s": round(tot_floor, 1),
+        "gen_budget_tokens": gen_plan[0], "gen_pad_waste_tokens": gen_plan[1],
+        "step_fixed_cost_s": GPU_FORWARD_OVERHEAD_S, "total_launch_bound_decode_s": round(tot_launch, 1),
         "total_measured_s": round(tot_meas, 1) if per_task or per_kind else None,
         "total_measured_hf_s": round(tot_hf, 1) if per_task or per_kind else None,
         "measured_complete": measured_all if per_task or per_kind else False,

@@ -107,6 +107,7 @@ GEN_PAD_RATIO = 1.5
 # a step took 37.5 ms for 1 row, 70.3 ms for 5 and 191.7 ms for 27: 7.1 ms per row at 27 rows
 # against 14.1 ms at 5. See gen_budget_tokens and gen_pad_waste.
 CPU_GEN_MEMORY_SHARE = 0.25  # CPU: a generation batch's KV cache may fill this share of available memory
+GPU_GEN_MEMORY_SHARE = 0.6  # CUDA: ... of the free device memory (as batching.default_budget's share)
 GPU_ASSUMED_BANDWIDTH = 3.35e12  # bytes/s (H100; H200 4.8e12)
 # a cluster of fewer prompts decodes in the common pool, where it may share a batch with other
 # prompts (its prefix copied to its rows, or shared if the batch holds only its prompts): a
@@ -167,35 +168,64 @@ def _value_bytes(model: Any) -> int:
 
 
 def gen_budget_tokens(model: Any, device: torch.device, base: int) -> int:
-    """Token budget of a generation batch (rows x (prompt + max_gen_toks)): on the CPU as many
-    tokens as fill CPU_GEN_MEMORY_SHARE of the available memory with KV cache (SmolLM2-135M in
-    float32, 46 KiB per token: about 120k tokens on a 24 GiB machine), never below `base`
-    (the log-likelihood budget); elsewhere `base` (on CUDA it already follows free memory)."""
-    if device.type != "cpu":
-        return base
+    """Token budget of a generation batch (rows x (prompt + max_gen_toks)): as many tokens as
+    fill a share of the memory left (CPU: CPU_GEN_MEMORY_SHARE of the available memory; CUDA:
+    GPU_GEN_MEMORY_SHARE of the free device memory) with KV cache, which is most of a decoding
+    batch's memory (the prefill runs in groups within the log-likelihood budget `base`);
+    never below `base`. SmolLM2-135M in float32 (46 KiB per token) on a 24 GiB machine: about
+    120k tokens; Phi-2 in bf16 (320 KiB) on an H200: about 247k."""
     kv = kv_bytes_per_token(model.config, _value_bytes(model))
-    avail = available_memory_bytes()
-    if not kv or not avail:
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, share = torch.cuda.mem_get_info(device)[0], GPU_GEN_MEMORY_SHARE
+    elif device.type == "cpu":
+        free, share = available_memory_bytes(), CPU_GEN_MEMORY_SHARE
+    else:
         return base
-    return max(base, min(MAX_TOKENS, int(CPU_GEN_MEMORY_SHARE * avail / kv)))
+    return kv_budget_tokens(free, kv, share, base)
+
+
+def kv_budget_tokens(free_bytes: int | None, kv_bytes: int | None, share: float, base: int) -> int:
+    """Tokens of KV cache (`kv_bytes` each) that fill `share` of `free_bytes`, at most
+    MAX_TOKENS and at least `base` (`base` if either size is unknown)."""
+    if not free_bytes or not kv_bytes:
+        return base
+    return max(base, min(MAX_TOKENS, int(share * free_bytes / kv_bytes)))
 
 
 def gen_pad_waste(model: Any, device: torch.device, budget_tokens: int) -> int:
+    """Left-padding tokens a generation batch of `model` on `device` may hold in all, to save
+    another batch (gen_pad_waste_tokens)."""
+    kv = kv_bytes_per_token(model.config, _value_bytes(model))
+    return gen_pad_waste_tokens(_weight_bytes(model), kv or 0, device.type == "cuda", budget_tokens)
+
+
+def gen_pad_waste_tokens(weight_bytes: int, kv_bytes: int, cuda: bool, budget_tokens: int) -> int:
     """Left-padding tokens a generation batch may hold in all, to save another batch, i.e. a
     whole decoding loop: F / k, a decoding step's fixed cost over the cost of one token's KV
     reads in a step (rows are prefilled in groups of similar length, _prefill_groups, so the
     padding costs decoding steps only), at most a quarter of the token budget. CPU (steps
     bound by memory reads): weights over one token's KV bytes (SmolLM2-135M: 11.7k tokens;
     measured: a step of 1 row 33 ms, 2.8 us more per row and cached token). GPU:
-    F = max(GPU_FORWARD_OVERHEAD_S, weights / bandwidth), k = KV bytes / bandwidth."""
-    weights = _weight_bytes(model)
-    kv = kv_bytes_per_token(model.config, _value_bytes(model))
-    if not kv:
+    F = max(GPU_FORWARD_OVERHEAD_S, weights / bandwidth), k = KV bytes / bandwidth. 0 if the
+    KV size is unknown."""
+    if kv_bytes <= 0:
         return 0
-    F = float(weights)
-    if device.type == "cuda":
+    F = float(weight_bytes)
+    if cuda:
         F = max(GPU_FORWARD_OVERHEAD_S * GPU_ASSUMED_BANDWIDTH, F)  # in bytes read at the bandwidth
-    return int(min(budget_tokens // 4, F / kv))
+    return int(min(budget_tokens // 4, F / kv_bytes))
+
+
+def plan_generation(prompts: list[list[int]], max_gen: int, shared_decode: bool) -> tuple[list, list, list, list]:
+    """(batching key, shared prefix length, length, padded length) of each greedy generation
+    prompt: clusters of prompts sharing a few-shot prefix (share_clusters; the small ones in
+    the pool, pool_small_clusters); a row's length is its prompt + max_gen (without the shared
+    prefix when it is read in place, `shared_decode`); the padded part is what follows the
+    prefix."""
+    keys, shared = pool_small_clusters(*share_clusters(prompts), GEN_CLUSTER_MIN_ROWS)
+    lengths = [len(p) + max_gen for p in prompts]
+    pad = [n - s for n, s in zip(lengths, shared)]
+    return keys, shared, (pad if shared_decode else lengths), pad
 
 
 def pool_small_clusters(keys: list, shared: list[int], min_rows: int) -> tuple[list, list[int]]:
@@ -813,7 +843,9 @@ class FastLM(TemplateLM):
                 enc = self.tokenizer(ctx, **self._special_kwargs(ctx, None))["input_ids"]
                 prompts.append(enc[-max_ctx:])
             greedy = self._plain_greedy(kwargs)
-            clusters, shared = pool_small_clusters(*share_clusters(prompts), GEN_CLUSTER_MIN_ROWS)
+            # a cluster's shared prefix is held once per batch, not once per row, when read in place
+            clusters, shared, lengths, pad = plan_generation(
+                prompts, max_gen, greedy and not self.static_cache and self._shared_decode)
             if greedy and self.static_cache:
                 # one prompt width per group (a benchmark): its batches share compiled shapes
                 width = min(-(-max(map(len, prompts)) // STATIC_LEN_BUCKET) * STATIC_LEN_BUCKET, max_ctx)
@@ -822,10 +854,6 @@ class FastLM(TemplateLM):
                 fn = lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, shared[ix[0]])  # noqa: E731
             else:
                 fn = lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs)  # noqa: E731
-            lengths = [len(p) + max_gen for p in prompts]
-            pad = [n - s for n, s in zip(lengths, shared)]
-            if greedy and not self.static_cache and self._shared_decode:
-                lengths = pad  # a cluster's shared prefix is held once per batch, not once per row
             try:
                 with torch.inference_mode(), attention_kernels(self._device):
                     texts = run_batched(lengths, fn, self.gen_budget, clusters, pad, GEN_PAD_RATIO,

@@ -334,6 +334,18 @@ def test_generation_budget(smol, monkeypatch):
     assert FastLM(model, tok, max_length=2048).gen_budget.tokens == lm.budget.tokens
 
 
+def test_kv_budget_tokens():
+    """Phi-2 in bf16 (320 KiB per token) in 60% of an H200's memory after its weights: 247k tokens."""
+    from evals.backends.batching import MAX_TOKENS
+    from evals.backends.fast import kv_budget_tokens
+
+    assert kv_budget_tokens(135 * 10**9, 327680, 0.6, 8192) == 247192
+    assert kv_budget_tokens(10**12, 327680, 0.6, 8192) == MAX_TOKENS
+    assert kv_budget_tokens(10**9, 327680, 0.6, 1024) == int(0.6 * 10**9 / 327680)
+    assert kv_budget_tokens(10**6, 327680, 0.6, 1024) == 1024  # never below the base
+    assert kv_budget_tokens(None, 327680, 0.6, 1024) == kv_budget_tokens(10**9, None, 0.6, 1024) == 1024
+
+
 def test_generation_pad_waste_is_a_steps_fixed_cost_in_kv_reads(smol):
     """CPU: weights over one token's KV bytes; GPU: at least the forward overhead's worth of
     bytes at the assumed bandwidth; a quarter of the budget at most."""
@@ -468,3 +480,15 @@ def test_loglikelihood_rolling_matches_hf(smol):
     reqs = [_inst("loglikelihood_rolling", (text,), i) for i, text in enumerate([FEWSHOT, CONTEXTS[2], FEWSHOT[:90]])]
     got, ref = lm.loglikelihood_rolling(reqs), hf.loglikelihood_rolling(reqs, disable_tqdm=True)
     assert len(got) == 3 and all(abs(a - b) < 1e-4 for a, b in zip(got, ref))
+
+
+def test_plan_generation_holds_a_read_in_place_prefix_once():
+    from evals.backends.fast import GEN_CLUSTER_MIN_ROWS, plan_generation
+
+    few = [[7] * 40 + [i] for i in range(GEN_CLUSTER_MIN_ROWS)]
+    prompts = few + [[5, 6], [9] * 40 + [1], [9] * 40 + [2]]  # a cluster of 8, a pair (pooled), one alone
+    keys, shared, lengths, pad = plan_generation(prompts, 10, shared_decode=True)
+    assert len(set(keys[:8])) == 1 and keys[0] is not None and keys[8:] == [None] * 3
+    assert shared == [40] * 8 + [0, 0, 0]
+    assert lengths == pad == [11] * 8 + [12, 51, 51]
+    assert plan_generation(prompts, 10, shared_decode=False)[2] == [51] * 8 + [12, 51, 51]

@@ -94,3 +94,22 @@ def test_decode_floor_reads_a_shared_prefix_once_per_batch():
     secs = project_suite.floor_seconds(gen, body=10**9, head=0, peak=1e18, mfu=1.0, bw=1e12, gen_batch=4, kv_bytes=1000)
     # 2 batches x 10 steps, each reading 2 GB of weights and the 500-token prefix (500 kB) once
     assert secs == pytest.approx(20 * (2e9 + 500 * 1000) / 1e12, rel=1e-3)
+
+
+@pytest.mark.parametrize("budget", [10_000, 300, 120])
+def test_generation_batches_are_those_the_backend_runs(embedded_model, monkeypatch, budget):
+    """gen_batches_of plans the batches as FastLM.generate_until cuts them."""
+    import torch
+
+    from evals.backends.fast import FastLM, gen_pad_waste
+
+    lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048, token_budget=budget)
+    calls = []
+    monkeypatch.setattr(lm, "_greedy_batch", lambda prompts, *a: calls.append(len(prompts)) or [""] * len(prompts))
+    reqs = [Instance(request_type="generate_until", doc={}, arguments=(c, {"until": ["\n"], "max_gen_toks": 8}),
+                     idx=0, metadata=("t", i, 1)) for i, c in enumerate(CONTEXTS * 3)]
+    lm.generate_until(reqs, disable_tqdm=True)
+    plan = (lm.gen_budget.tokens, gen_pad_waste(lm.model, torch.device("cpu"), lm.gen_budget.tokens))
+    rec = project_suite.count_work("t", reqs, lm, gen_plan=plan)
+    assert rec["gen_batches"] == len(calls) and rec["decode_steps"] == 8 * len(calls)
+    assert sum(calls) == len(reqs)
