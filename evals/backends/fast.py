@@ -854,10 +854,13 @@ class FastLM(TemplateLM):
                 fn = lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, shared[ix[0]])  # noqa: E731
             else:
                 fn = lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs)  # noqa: E731
+            # the generation budget and padding allowance are for _greedy_batch, whose prefill runs in
+            # groups and whose KV cache is reserved; transformers' generate gets the log-likelihood rules
+            budget = self.gen_budget if greedy and not self.static_cache else self.budget
+            waste = gen_pad_waste(self.model, self._device, budget.tokens) if budget is self.gen_budget else None
             try:
                 with torch.inference_mode(), attention_kernels(self._device):
-                    texts = run_batched(lengths, fn, self.gen_budget, clusters, pad, GEN_PAD_RATIO,
-                                        pad_waste=gen_pad_waste(self.model, self._device, self.gen_budget.tokens))
+                    texts = run_batched(lengths, fn, budget, clusters, pad, GEN_PAD_RATIO, pad_waste=waste)
             finally:
                 self._prefix = None
             for i, text in zip(idxs, texts):

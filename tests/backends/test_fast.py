@@ -492,3 +492,23 @@ def test_plan_generation_holds_a_read_in_place_prefix_once():
     assert shared == [40] * 8 + [0, 0, 0]
     assert lengths == pad == [11] * 8 + [12, 51, 51]
     assert plan_generation(prompts, 10, shared_decode=False)[2] == [51] * 8 + [12, 51, 51]
+
+
+def test_only_greedy_decoding_gets_the_generation_budget(smol, monkeypatch):
+    """transformers' generate (sampling, --static-cache) prefills whole batches and grows its
+    cache by concatenation, so it keeps the log-likelihood budget and padding rules."""
+    from evals.backends import fast as fast_mod
+
+    model, tok = smol
+    seen = []
+    monkeypatch.setattr(fast_mod, "run_batched",
+                        lambda lengths, fn, budget, *a, **k: seen.append((budget, k.get("pad_waste"))) or [""] * len(lengths))
+    reqs = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 4})) for p in GEN_PROMPTS[:2]]
+    sampled = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 4, "do_sample": True})) for p in GEN_PROMPTS[:2]]
+    lm = FastLM(model, tok, max_length=2048)
+    lm.generate_until(reqs, disable_tqdm=True)
+    lm.generate_until(sampled, disable_tqdm=True)
+    static = FastLM(model, tok, max_length=2048, static_cache=True)
+    static.generate_until(reqs, disable_tqdm=True)
+    assert seen[0][0] is lm.gen_budget and seen[0][1] > 0
+    assert seen[1] == (lm.budget, None) and seen[2] == (static.budget, None)
