@@ -213,12 +213,11 @@ def main(argv=None) -> int:
 
     lm = token_counter(tok, int(spec["config"].get("max_position_embeddings", 2048)))
     # generation batches as the backend cuts them on this device (batching.default_budget on CUDA)
-    from evals.backends.batching import cuda_budget
     from evals.backends.fast import GPU_FORWARD_OVERHEAD_S, GPU_GEN_MEMORY_SHARE, gen_pad_waste_tokens, kv_budget_tokens
 
     weight_bytes = 2 * (body + head + emb)
     free = MEMORY[args.device] - weight_bytes
-    gen_budget = kv_budget_tokens(free, kv_bytes, GPU_GEN_MEMORY_SHARE, cuda_budget(free))
+    gen_budget = kv_budget_tokens(free, kv_bytes, GPU_GEN_MEMORY_SHARE, 1024)  # as gen_budget_tokens on CUDA
     gen_plan = (gen_budget, gen_pad_waste_tokens(weight_bytes, kv_bytes, True, gen_budget))
     suite = yaml.safe_load((ROOT / "configs" / "suites" / "phi2.yaml").read_text())
     names = args.benchmarks.split(",") if args.benchmarks else [

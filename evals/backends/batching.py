@@ -35,13 +35,9 @@ def default_budget(device: torch.device | str, bytes_per_token: int = CUDA_BYTES
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         free, _total = torch.cuda.mem_get_info(device)
-        return cuda_budget(free, bytes_per_token)
+        tokens = int(free * 0.6) // bytes_per_token
+        return max(1024, min(MAX_TOKENS, tokens))
     return CPU_DEFAULT_TOKENS
-
-
-def cuda_budget(free_bytes: int, bytes_per_token: int = CUDA_BYTES_PER_TOKEN) -> int:
-    """Token budget from free CUDA memory: 60% of it at `bytes_per_token`, within [1024, MAX_TOKENS]."""
-    return max(1024, min(MAX_TOKENS, int(free_bytes * 0.6) // bytes_per_token))
 
 
 def kv_bytes_per_token(config, bytes_per_value: int = 2) -> int | None:

@@ -107,7 +107,10 @@ GEN_PAD_RATIO = 1.5
 # a step took 37.5 ms for 1 row, 70.3 ms for 5 and 191.7 ms for 27: 7.1 ms per row at 27 rows
 # against 14.1 ms at 5. See gen_budget_tokens and gen_pad_waste.
 CPU_GEN_MEMORY_SHARE = 0.25  # CPU: a generation batch's KV cache may fill this share of available memory
-GPU_GEN_MEMORY_SHARE = 0.6  # CUDA: ... of the free device memory (as batching.default_budget's share)
+# CUDA: ... of the free device memory. Not more: when rows leave the batch their cache is copied
+# (ReservedLayer.batch_select_indices), so for a moment it is held twice; the prefill groups'
+# activations need room too
+GPU_GEN_MEMORY_SHARE = 0.35
 GPU_ASSUMED_BANDWIDTH = 3.35e12  # bytes/s (H100; H200 4.8e12)
 # a cluster of fewer prompts decodes in the common pool, where it may share a batch with other
 # prompts (its prefix copied to its rows, or shared if the batch holds only its prompts): a
@@ -171,17 +174,15 @@ def gen_budget_tokens(model: Any, device: torch.device, base: int) -> int:
     """Token budget of a generation batch (rows x (prompt + max_gen_toks)): as many tokens as
     fill a share of the memory left (CPU: CPU_GEN_MEMORY_SHARE of the available memory; CUDA:
     GPU_GEN_MEMORY_SHARE of the free device memory) with KV cache, which is most of a decoding
-    batch's memory (the prefill runs in groups within the log-likelihood budget `base`);
-    never below `base`. SmolLM2-135M in float32 (46 KiB per token) on a 24 GiB machine: about
-    120k tokens; Phi-2 in bf16 (320 KiB) on an H200: about 247k."""
+    batch's memory (the prefill runs in groups within the log-likelihood budget `base`); on
+    the CPU never below `base`, on CUDA at least 1024. SmolLM2-135M in float32 (46 KiB per token) on a 24 GiB machine: about
+    120k tokens; Phi-2 in bf16 (320 KiB) on an H200: about 144k."""
     kv = kv_bytes_per_token(model.config, _value_bytes(model))
     if device.type == "cuda" and torch.cuda.is_available():
-        free, share = torch.cuda.mem_get_info(device)[0], GPU_GEN_MEMORY_SHARE
-    elif device.type == "cpu":
-        free, share = available_memory_bytes(), CPU_GEN_MEMORY_SHARE
-    else:
-        return base
-    return kv_budget_tokens(free, kv, share, base)
+        return kv_budget_tokens(torch.cuda.mem_get_info(device)[0], kv, GPU_GEN_MEMORY_SHARE, min(base, 1024))
+    if device.type == "cpu":
+        return kv_budget_tokens(available_memory_bytes(), kv, CPU_GEN_MEMORY_SHARE, base)
+    return base
 
 
 def kv_budget_tokens(free_bytes: int | None, kv_bytes: int | None, share: float, base: int) -> int:
