@@ -388,11 +388,15 @@ if DynamicLayer is not None:
             n = self.keys.shape[-2]
             kshape, vshape = list(self.keys.shape), list(self.values.shape)
             kshape[-2] = vshape[-2] = n + extra
-            self._kbuf = self.keys.new_empty(kshape)
-            self._vbuf = self.values.new_empty(vshape)
-            self._kbuf[..., :n, :].copy_(self.keys)
-            self._vbuf[..., :n, :].copy_(self.values)
-            self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+            kbuf, vbuf = self.keys.new_empty(kshape), self.values.new_empty(vshape)
+            kbuf[..., :n, :].copy_(self.keys)
+            vbuf[..., :n, :].copy_(self.values)
+            self.use_buffers(kbuf, vbuf, n)
+
+        def use_buffers(self, kbuf, vbuf, n: int) -> None:
+            """Hold keys and values in `kbuf`/`vbuf`, whose first n tokens are filled."""
+            self._kbuf, self._vbuf = kbuf, vbuf
+            self.keys, self.values = kbuf[..., :n, :], vbuf[..., :n, :]
 
         def _in_buffer(self) -> bool:
             buf = getattr(self, "_kbuf", None)
@@ -411,9 +415,7 @@ if DynamicLayer is not None:
         def batch_select_indices(self, indices) -> None:
             if not self._in_buffer():
                 return super().batch_select_indices(indices)
-            n = self.keys.shape[-2]
-            self._kbuf, self._vbuf = self._kbuf[indices, ...], self._vbuf[indices, ...]
-            self.keys, self.values = self._kbuf[..., :n, :], self._vbuf[..., :n, :]
+            self.use_buffers(self._kbuf[indices, ...], self._vbuf[indices, ...], self.keys.shape[-2])
 
 
 def reserve_cache(cache, extra: int) -> int:
@@ -473,8 +475,7 @@ def widen_cache(cache, B: int, S: int, T: int, extra: int, rows: list[int], n: i
     _copy_rows(bufs, layers, rows, S, T, n)
     for layer, (kbuf, vbuf) in zip(layers, bufs):
         layer.__class__ = ReservedLayer
-        layer._kbuf, layer._vbuf = kbuf, vbuf
-        layer.keys, layer.values = kbuf[:, :, : S + T], vbuf[:, :, : S + T]
+        layer.use_buffers(kbuf, vbuf, S + T)
     return True
 
 
