@@ -139,7 +139,7 @@ def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste
         by_gen.setdefault(g, []).append(q)
     batches = steps = 0
     for g, qs in by_gen.items():
-        keys, _, lengths, pad = plan_generation(qs, g, shared_decode=True)
+        keys, _, lengths, pad = plan_generation(qs, g, shared_decode=True, pool_tokens=pad_waste)
         rule = TokenBudget(budget_tokens, max_pad_ratio=GEN_PAD_RATIO, max_pad_waste=pad_waste)
         n = len(plan_batches(lengths, rule, keys, pad))
         batches, steps = batches + n, steps + n * g

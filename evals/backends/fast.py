@@ -30,8 +30,9 @@ Generation (greedy)
     runs through transformers' AttentionInterface the rows' KV cache holds only their own
     tokens and each decoding step reads the prefix's one copy for all rows
     (prefix_attention.py), so a batch is sized by its rows' own tokens; otherwise the
-    prefix's cache is copied to every row. A cluster of fewer than GEN_CLUSTER_MIN_ROWS prompts
-    joins the common pool, where prompts of different tasks share batches.
+    prefix's cache is copied to every row. A cluster of fewer than GEN_CLUSTER_MIN_ROWS prompts,
+    or whose prefix copied to all but one of its rows is fewer tokens than the padding allowance
+    (gen_pad_waste), joins the common pool, where prompts of different tasks share batches.
   * Generation batches have their own token budget (on the CPU sized by the KV cache's memory,
     gen_budget_tokens) and take rows of any length while reading their left padding's KV
     cache costs less than a decoding step's fixed cost (gen_pad_waste); a batch's rows are
@@ -107,14 +108,19 @@ GEN_PAD_RATIO = 1.5
 # a step took 37.5 ms for 1 row, 70.3 ms for 5 and 191.7 ms for 27: 7.1 ms per row at 27 rows
 # against 14.1 ms at 5. See gen_budget_tokens and gen_pad_waste.
 CPU_GEN_MEMORY_SHARE = 0.25  # CPU: a generation batch's KV cache may fill this share of available memory
-# CUDA: ... of the free device memory. Not more: when rows leave the batch their cache is copied
-# (ReservedLayer.batch_select_indices), so for a moment it is held twice; the prefill groups'
-# activations need room too
-GPU_GEN_MEMORY_SHARE = 0.35
+# CUDA: ... of the free device memory. Rows leaving a batch are compacted in place (compact_cache),
+# so the cache is never held twice; room is left for the weights' working set and for the prefill
+# groups, whose own cache is held next to it (at most GEN_PREFILL_SHARE of the batch's tokens)
+GPU_GEN_MEMORY_SHARE = 0.5
+# a prefill group (rows prefilled together, then copied into the batch's reserved cache) holds at
+# most this share of the generation budget, and at most the log-likelihood budget
+GEN_PREFILL_SHARE = 0.25
 GPU_ASSUMED_BANDWIDTH = 3.35e12  # bytes/s (H100; H200 4.8e12)
 # a cluster of fewer prompts decodes in the common pool, where it may share a batch with other
 # prompts (its prefix copied to its rows, or shared if the batch holds only its prompts): a
-# batch of its own costs a whole decoding loop
+# batch of its own costs a whole decoding loop. So does a larger cluster whose prefix, copied
+# to all but one row, holds no more tokens than a generation batch's padding allowance: reading
+# them costs less per step than a step's fixed cost (pool_small_clusters)
 GEN_CLUSTER_MIN_ROWS = 8
 # greedy decoding checks stop sequences in the text of a row's last (longest stop + this many) tokens
 STOP_TAIL_TOKENS = 8
@@ -176,7 +182,7 @@ def gen_budget_tokens(model: Any, device: torch.device, base: int) -> int:
     GPU_GEN_MEMORY_SHARE of the free device memory) with KV cache, which is most of a decoding
     batch's memory (the prefill runs in groups within the log-likelihood budget `base`); on
     the CPU never below `base`, on CUDA at least 1024. SmolLM2-135M in float32 (46 KiB per token) on a 24 GiB machine: about
-    120k tokens; Phi-2 in bf16 (320 KiB) on an H200: about 144k."""
+    120k tokens; Phi-2 in bf16 (320 KiB) on an H200: about 206k."""
     kv = kv_bytes_per_token(model.config, _value_bytes(model))
     if device.type == "cuda" and torch.cuda.is_available():
         return kv_budget_tokens(torch.cuda.mem_get_info(device)[0], kv, GPU_GEN_MEMORY_SHARE, min(base, 1024))
@@ -217,25 +223,31 @@ def gen_pad_waste_tokens(weight_bytes: int, kv_bytes: int, cuda: bool, budget_to
     return int(min(budget_tokens // 4, F / kv_bytes))
 
 
-def plan_generation(prompts: list[list[int]], max_gen: int, shared_decode: bool) -> tuple[list, list, list, list]:
+def plan_generation(prompts: list[list[int]], max_gen: int, shared_decode: bool,
+                    pool_tokens: int = 0) -> tuple[list, list, list, list]:
     """(batching key, shared prefix length, length, padded length) of each greedy generation
     prompt: clusters of prompts sharing a few-shot prefix (share_clusters; the small ones in
-    the pool, pool_small_clusters); a row's length is its prompt + max_gen (without the shared
-    prefix when it is read in place, `shared_decode`); the padded part is what follows the
-    prefix."""
-    keys, shared = pool_small_clusters(*share_clusters(prompts), GEN_CLUSTER_MIN_ROWS)
+    the pool, pool_small_clusters, `pool_tokens` its copied-prefix allowance); a row's length
+    is its prompt + max_gen (without the shared prefix when it is read in place,
+    `shared_decode`); the padded part is what follows the prefix."""
+    keys, shared = pool_small_clusters(*share_clusters(prompts), GEN_CLUSTER_MIN_ROWS, pool_tokens)
     lengths = [len(p) + max_gen for p in prompts]
     pad = [n - s for n, s in zip(lengths, shared)]
     return keys, shared, (pad if shared_decode else lengths), pad
 
 
-def pool_small_clusters(keys: list, shared: list[int], min_rows: int) -> tuple[list, list[int]]:
+def pool_small_clusters(keys: list, shared: list[int], min_rows: int, max_copied: int = 0) -> tuple[list, list[int]]:
     """share_clusters' keys and shared lengths with every cluster of fewer than `min_rows`
-    items moved to the common pool (key None, shared 0)."""
+    items, or whose shared prefix copied to all items but one is at most `max_copied` tokens,
+    moved to the common pool (key None, shared 0). BBH on an H200 (allowance 51.7k tokens):
+    14 clusters of 8-19 prompts left cut to one prefix of ~1400 tokens, each a decoding loop of
+    its own before (32 batches, not 44)."""
     size: dict = defaultdict(int)
-    for k in keys:
+    prefix: dict = {}
+    for k, s in zip(keys, shared):
         size[k] += 1
-    small = {k for k, n in size.items() if k is not None and n < min_rows}
+        prefix[k] = s
+    small = {k for k, n in size.items() if k is not None and (n < min_rows or (n - 1) * prefix[k] <= max_copied)}
     return ([None if k in small else k for k in keys],
             [0 if k in small else s for k, s in zip(keys, shared)])
 
@@ -417,6 +429,49 @@ if DynamicLayer is not None:
                 return super().batch_select_indices(indices)
             self.use_buffers(self._kbuf[indices, ...], self._vbuf[indices, ...], self.keys.shape[-2])
 
+        def compact(self, dst, src, rows: int) -> None:
+            """Keep the first `rows` rows, after moving rows `src` (all at or past `rows`) into
+            rows `dst`, in place: only the moved rows' filled tokens are copied."""
+            n = self.keys.shape[-2]
+            if len(dst):
+                self._kbuf[dst, :, :n] = self._kbuf[src, :, :n]
+                self._vbuf[dst, :, :n] = self._vbuf[src, :, :n]
+            self.use_buffers(self._kbuf[:rows], self._vbuf[:rows], n)
+
+
+def compact_order(keep: list[int], n: int) -> list[int]:
+    """Rows of a batch of n that remain, as an order for compact_cache: the kept rows among the
+    first len(keep) stay where they are, and the kept rows past them fill the holes left by the
+    rows that go (row i of the result is row order[i])."""
+    m = len(keep)
+    gone = sorted(set(range(m)) - set(keep))
+    order = list(range(m))
+    for hole, row in zip(gone, (k for k in keep if k >= m)):
+        order[hole] = row
+    return order
+
+
+def compact_cache(cache, order: list[int], device) -> torch.Tensor:
+    """Keep rows `order` of `cache` (see compact_order) and return them as an index tensor.
+    ReservedLayers in their buffer move only the rows that change place, in place, so the cache
+    is never held twice (the reason a CUDA generation batch may fill GPU_GEN_MEMORY_SHARE of
+    free memory); other layers and caches select (copy) the rows."""
+    sel = torch.tensor(order, device=device)
+    m = len(order)
+    moved = [i for i, r in enumerate(order) if r != i]
+    layers = getattr(cache, "layers", None)
+    if DynamicLayer is None or not layers or any(order[i] < m for i in moved):
+        cache.batch_select_indices(sel)
+        return sel
+    dst = torch.tensor(moved, device=device)
+    src = torch.tensor([order[i] for i in moved], device=device)
+    for layer in layers:
+        if isinstance(layer, ReservedLayer) and layer._in_buffer():
+            layer.compact(dst, src, m)
+        else:
+            layer.batch_select_indices(sel)
+    return sel
+
 
 def reserve_cache(cache, extra: int) -> int:
     """Turn the plain DynamicLayers of `cache` into ReservedLayers with room for `extra`
@@ -567,6 +622,9 @@ class FastLM(TemplateLM):
         explicit = token_budget or os.environ.get(BUDGET_ENV, "").isdigit()
         gen_tokens = self.budget.tokens if explicit else gen_budget_tokens(model, self._device, self.budget.tokens)
         self.gen_budget = TokenBudget(gen_tokens, max_rows=rows)
+        # a prefill group's cache is held next to its batch's: on CUDA (budgets from free memory)
+        # it holds at most GEN_PREFILL_SHARE of the generation budget (_prefill_groups)
+        self._prefill_share = GEN_PREFILL_SHARE if self._device.type == "cuda" and not explicit else 1.0
         self._widen_prefill = True  # generation batches prefill in groups of similar length (_prefill_groups)
         self.add_bos_token = None
         self._prefix = None  # (token tuple, KV cache) of the last shared prefix
@@ -845,9 +903,13 @@ class FastLM(TemplateLM):
                 enc = self.tokenizer(ctx, **self._special_kwargs(ctx, None))["input_ids"]
                 prompts.append(enc[-max_ctx:])
             greedy = self._plain_greedy(kwargs)
+            # the generation budget and padding allowance are for _greedy_batch, whose prefill runs in
+            # groups and whose KV cache is reserved; transformers' generate gets the log-likelihood rules
+            budget = self.gen_budget if greedy and not self.static_cache else self.budget
+            waste = gen_pad_waste(self.model, self._device, budget.tokens) if budget is self.gen_budget else None
             # a cluster's shared prefix is held once per batch, not once per row, when read in place
             clusters, shared, lengths, pad = plan_generation(
-                prompts, max_gen, greedy and not self.static_cache and self._shared_decode)
+                prompts, max_gen, greedy and not self.static_cache and self._shared_decode, waste or 0)
             if greedy and self.static_cache:
                 # one prompt width per group (a benchmark): its batches share compiled shapes
                 width = min(-(-max(map(len, prompts)) // STATIC_LEN_BUCKET) * STATIC_LEN_BUCKET, max_ctx)
@@ -856,10 +918,6 @@ class FastLM(TemplateLM):
                 fn = lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, shared[ix[0]])  # noqa: E731
             else:
                 fn = lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs)  # noqa: E731
-            # the generation budget and padding allowance are for _greedy_batch, whose prefill runs in
-            # groups and whose KV cache is reserved; transformers' generate gets the log-likelihood rules
-            budget = self.gen_budget if greedy and not self.static_cache else self.budget
-            waste = gen_pad_waste(self.model, self._device, budget.tokens) if budget is self.gen_budget else None
             try:
                 with torch.inference_mode(), attention_kernels(self._device):
                     texts = run_batched(lengths, fn, budget, clusters, pad, GEN_PAD_RATIO, pad_waste=waste)
@@ -942,12 +1000,14 @@ class FastLM(TemplateLM):
 
     def _prefill_groups(self, own: list[list[int]], S: int, pre: Prefix | None) -> list[list[int]]:
         """Rows of a generation batch prefilled together: similar lengths (the log-likelihood
-        batches' padding rule and token budget; the rest of the batch's padding costs only
+        batches' padding rule and token budget, on CUDA at most GEN_PREFILL_SHARE of the
+        generation budget; the rest of the batch's padding costs only
         decoding steps' KV reads, see gen_pad_waste). One group if the cache cannot be widened."""
         if not (self.reserve_kv and self._widen_prefill) or len(own) < 2:
             return [list(range(len(own)))]
         cols = S if pre is None else 0  # prefix columns in the rows' cache
-        rule = TokenBudget(min(self.budget.tokens, self.gen_budget.tokens), max_pad_ratio=self.budget.max_pad_ratio,
+        tokens = min(self.budget.tokens, max(1, int(self.gen_budget.tokens * self._prefill_share)))
+        rule = TokenBudget(tokens, max_pad_ratio=self.budget.max_pad_ratio,
                            max_pad_waste=self._prefill_pad_waste)
         lengths = [cols + len(o) for o in own]
         return plan_batches(lengths, rule, pad_lengths=[len(o) for o in own])
@@ -1022,12 +1082,12 @@ class FastLM(TemplateLM):
             self.stats["gen_tokens"] += len(active)
             if not keep:
                 break
-            step = torch.tensor([nxt[k] for k in keep], device=self._device)[:, None]
             if len(keep) < len(active):
-                sel = torch.tensor(keep, device=self._device)
-                cache.batch_select_indices(sel)
+                keep = compact_order(keep, len(active))
+                sel = compact_cache(cache, keep, self._device)
                 mask, next_pos = mask[sel], next_pos[sel]
                 active = [active[k] for k in keep]
+            step = torch.tensor([nxt[k] for k in keep], device=self._device)[:, None]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             if pre is not None:
                 pre.set_valid(mask.bool())

@@ -316,6 +316,11 @@ def test_small_clusters_decode_in_the_pool():
 
     keys, shared = pool_small_clusters([0, 0, 0, 5, 5, None], [40, 40, 40, 33, 33, 0], 3)
     assert keys == [0, 0, 0, None, None, None] and shared == [40, 40, 40, 0, 0, 0]
+    # a cluster whose prefix copied to all rows but one fits the allowance joins the pool too
+    args = ([0, 0, 0, 7, 7, 7], [40, 40, 40, 30, 30, 30], 3)
+    assert pool_small_clusters(*args, max_copied=60)[0] == [0, 0, 0, None, None, None]
+    assert pool_small_clusters(*args, max_copied=59)[0] == [0, 0, 0, 7, 7, 7]
+    assert pool_small_clusters(*args, max_copied=80) == ([None] * 6, [0] * 6)
 
 
 def test_generation_budget(smol, monkeypatch):
@@ -470,6 +475,66 @@ def test_reserved_kv_layer_equals_concatenation():
         assert reserved.layers[0]._in_buffer() == (step < 2)  # no copy while the reserve lasts
 
 
+def test_compact_order_fills_holes_from_the_end():
+    """Rows that go leave holes; kept rows past the new size move into them, the rest stay."""
+    from evals.backends.fast import compact_order
+
+    assert compact_order([0, 2, 3, 5], 6) == [0, 5, 2, 3]
+    assert compact_order([1, 4], 5) == [4, 1]
+    assert compact_order([0, 1, 2], 5) == [0, 1, 2]
+    assert compact_order([3], 4) == [3]
+
+
+def test_compacting_a_reserved_cache_moves_rows_in_place():
+    """compact_cache keeps the rows a selection would keep, in the same buffer (no second copy
+    of the cache), and the reserve still takes new tokens afterwards."""
+    from transformers.cache_utils import DynamicCache
+
+    from evals.backends.fast import compact_cache, compact_order, reserve_cache
+
+    torch.manual_seed(0)
+    plain, reserved = DynamicCache(), DynamicCache()
+    k0, v0 = torch.randn(5, 2, 3, 4), torch.randn(5, 2, 3, 4)
+    for c in (plain, reserved):
+        c.update(k0, v0, 0)
+    reserve_cache(reserved, 4)
+    layer = reserved.layers[0]
+    ptr = layer._kbuf.data_ptr()
+    order = compact_order([0, 2, 4], 5)
+    assert order == [0, 4, 2]
+    plain.batch_select_indices(torch.tensor(order))
+    sel = compact_cache(reserved, order, torch.device("cpu"))
+    assert sel.tolist() == order
+    assert torch.equal(layer.keys, plain.layers[0].keys) and torch.equal(layer.values, plain.layers[0].values)
+    assert layer._kbuf.data_ptr() == ptr and layer._kbuf.shape[0] == 3
+    k, v = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+    kp, _ = plain.update(k, v, 0)
+    kr, _ = reserved.update(k, v, 0)
+    assert torch.equal(kp, kr) and layer._in_buffer()
+
+
+def test_rows_leaving_a_batch_keep_their_texts(smol, monkeypatch):
+    """Rows finishing at different steps leave the batch and later rows move into their place
+    (compact_cache); every row's text is the one it gets decoded alone."""
+    from evals.backends import fast as fast_mod
+
+    model, tok = smol
+    orders, real = [], fast_mod.compact_cache
+
+    def spy(cache, order, device):
+        orders.append(list(order))
+        return real(cache, order, device)
+
+    monkeypatch.setattr(fast_mod, "compact_cache", spy)
+    enc = [tok(p)["input_ids"] for p in GEN_PROMPTS]
+    lm = FastLM(model, tok, max_length=2048)
+    with torch.inference_mode():
+        got = lm._greedy_batch(enc, ["\n", "."], 16)
+        alone = [lm._greedy_batch([e], ["\n", "."], 16)[0] for e in enc]
+    assert got == alone
+    assert any(o != sorted(o) for o in orders)  # a row moved into a hole
+
+
 def test_loglikelihood_rolling_matches_hf(smol):
     """Rolling windows (perplexity tasks) over trie rows give HFLM's totals."""
     from lm_eval.models.huggingface import HFLM
@@ -492,6 +557,10 @@ def test_plan_generation_holds_a_read_in_place_prefix_once():
     assert shared == [40] * 8 + [0, 0, 0]
     assert lengths == pad == [11] * 8 + [12, 51, 51]
     assert plan_generation(prompts, 10, shared_decode=False)[2] == [51] * 8 + [12, 51, 51]
+    # the 8 prompts' prefix copied to 7 of them (280 tokens) within the allowance: pooled
+    keys, shared, lengths, _ = plan_generation(prompts, 10, shared_decode=True, pool_tokens=7 * 40)
+    assert keys == [None] * 11 and lengths == [51] * 8 + [12, 51, 51]
+    assert plan_generation(prompts, 10, shared_decode=True, pool_tokens=7 * 40 - 1)[0][0] is not None
 
 
 def test_only_greedy_decoding_gets_the_generation_budget(smol, monkeypatch):
