@@ -8,7 +8,7 @@
 #   run(command="OUT=$OUT bash scripts/gpu_bench.sh", carry=[".gpu"], timeout_s=540)   # device tool
 #
 # The machine has torch + transformers; the rest comes from .gpu/ (see gpu_prep.sh).
-# BENCH_STEPS picks steps (default smoke,mc,gen; also probe, genexpanded, genstatic, fp32).
+# BENCH_STEPS picks steps (default smoke,mc,gen; also probe, genbbh, genexpanded, genstatic, fp32).
 # BENCH_DEVICE=cpu BENCH_SCALE=smoke BENCH_MODEL=random:tiny-phi rehearse it on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -94,6 +94,18 @@ fi
 # --- gen: GSM8K 8-shot prompts, greedy, 256 new tokens (random weights never stop early) -
 if step gen; then
   bench 150 gpu_phi2_gsm8k.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256
+fi
+
+# --- genbbh: BBH, the first GENBBH_LIMIT (10) prompts of each of its 27 tasks, fast backend only,
+# 512 tokens: the clusters of 10 join the pool (their prefixes copied to the rows), about 400k
+# tokens of KV cache, so two batches at the generation budget (half the free memory, rows leaving
+# compacted in place). The result's runner stats say whether they fit (gen_oom_events), the
+# peak memory and the prefill passes; the wall time is printed
+if step genbbh; then
+  t0=$(date +%s)
+  timeout 150 python3 -m evals.cli run bbh --model "$MODEL" --device "$DEVICE" --limit "${GENBBH_LIMIT:-10}" --no-cache \
+    --output-dir "$OUTDIR/genbbh" 2>&1 | grep --line-buffered -v -E "it/s\]|examples/s\]|Custom kwargs|metadata="
+  echo "genbbh: rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 ))s after $(elapsed)s"
 fi
 
 # --- genexpanded: the same generation with the few-shot prefix's KV cache copied to every row
