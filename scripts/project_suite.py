@@ -127,10 +127,11 @@ def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple
     return rec
 
 
-def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste: int) -> dict:
+def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste: int, mix: bool = False) -> dict:
     """Generation batches as the fast backend plans them (per max_gen_toks: plan_generation,
     then run_batched's cuts at `budget_tokens` and `pad_waste`, shared prefixes read in
-    place): their number and their decoding steps when every row runs to max_gen_toks."""
+    place; clusters mixed in batches if `mix`, as on the CPU, not on CUDA): their number and
+    their decoding steps when every row runs to max_gen_toks."""
     from evals.backends.batching import TokenBudget, plan_batches
     from evals.backends.fast import GEN_PAD_RATIO, plan_generation
 
@@ -139,7 +140,8 @@ def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste
         by_gen.setdefault(g, []).append(q)
     batches = steps = 0
     for g, qs in by_gen.items():
-        keys, _, lengths, pad = plan_generation(qs, g, shared_decode=True, pool_tokens=pad_waste)
+        keys, _, lengths, pad = plan_generation(qs, g, shared_decode=True, pool_tokens=0 if mix else pad_waste,
+                                                mix_budget=budget_tokens if mix else 0)
         rule = TokenBudget(budget_tokens, max_pad_ratio=GEN_PAD_RATIO, max_pad_waste=pad_waste)
         n = len(plan_batches(lengths, rule, keys, pad))
         batches, steps = batches + n, steps + n * g

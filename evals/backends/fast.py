@@ -91,7 +91,7 @@ from evals.backends.batching import (
 from evals.backends.lm_head import HeadScorer
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.packed_attention import supports as supports_packed
-from evals.backends.prefix_attention import PREFIX_KW, Prefix, cache_kv, shared_prefix
+from evals.backends.prefix_attention import PREFIX_KW, MultiPrefix, Prefix, cache_kv, shared_prefix
 from evals.backends.prefix_attention import supports as supports_shared_prefix
 from evals.backends.prefix_trie import ancestor_mask, build_row, pack_rows
 
@@ -122,6 +122,9 @@ GPU_ASSUMED_BANDWIDTH = 3.35e12  # bytes/s (H100; H200 4.8e12)
 # to all but one row, holds no more tokens than a generation batch's padding allowance: reading
 # them costs less per step than a step's fixed cost (pool_small_clusters)
 GEN_CLUSTER_MIN_ROWS = 8
+# a decoding batch mixing clusters (mix_clusters) holds at most this many: each adds a few
+# kernels per attention layer and step (multi_prefix_attention)
+MIX_MAX_CLUSTERS = 16
 # greedy decoding checks stop sequences in the text of a row's last (longest stop + this many) tokens
 STOP_TAIL_TOKENS = 8
 # static-cache generation: a benchmark's prompts are left padded to one width, a multiple of this
@@ -224,16 +227,58 @@ def gen_pad_waste_tokens(weight_bytes: int, kv_bytes: int, cuda: bool, budget_to
 
 
 def plan_generation(prompts: list[list[int]], max_gen: int, shared_decode: bool,
-                    pool_tokens: int = 0) -> tuple[list, list, list, list]:
+                    pool_tokens: int = 0, mix_budget: int = 0) -> tuple[list, list, list, list]:
     """(batching key, shared prefix length, length, padded length) of each greedy generation
     prompt: clusters of prompts sharing a few-shot prefix (share_clusters; the small ones in
-    the pool, pool_small_clusters, `pool_tokens` its copied-prefix allowance); a row's length
-    is its prompt + max_gen (without the shared prefix when it is read in place,
+    the pool, pool_small_clusters, `pool_tokens` its copied-prefix allowance; with
+    `mix_budget`, clusters packed into shared batches of that budget, mix_clusters); a row's
+    length is its prompt + max_gen (without the shared prefix when it is read in place,
     `shared_decode`); the padded part is what follows the prefix."""
     keys, shared = pool_small_clusters(*share_clusters(prompts), GEN_CLUSTER_MIN_ROWS, pool_tokens)
     lengths = [len(p) + max_gen for p in prompts]
     pad = [n - s for n, s in zip(lengths, shared)]
+    if mix_budget and shared_decode:
+        keys = mix_clusters(keys, shared, pad, mix_budget)
     return keys, shared, (pad if shared_decode else lengths), pad
+
+
+def mix_clusters(keys: list, shared: list[int], lengths: list[int], budget: int) -> list:
+    """Batching keys that let few-shot clusters share a decoding batch, each row reading its own
+    cluster's prefix in place (prefix_attention.MultiPrefix): each cluster's rows, longest
+    first, are cut into pieces that fill the `budget` as a batch does (rows x longest, plus the
+    prefix); the pieces are packed, largest first, into the first bin they fit (at most
+    MIX_MAX_CLUSTERS clusters each), and a bin's rows get one key. The pool (key None) stays
+    as it is."""
+    rows_of: dict = defaultdict(list)
+    for i, k in enumerate(keys):
+        if k is not None:
+            rows_of[k].append(i)
+    pieces = []  # (rows, longest, prefix, items)
+    for rows in rows_of.values():
+        rows.sort(key=lambda i: -lengths[i])
+        S = shared[rows[0]]
+        cut = [rows[0]]
+        for i in rows[1:]:
+            if (len(cut) + 1) * lengths[cut[0]] + S > budget:
+                pieces.append((len(cut), lengths[cut[0]], S, cut))
+                cut = []
+            cut.append(i)
+        pieces.append((len(cut), lengths[cut[0]], S, cut))
+    pieces.sort(key=lambda p: -(p[0] * p[1] + p[2]))
+    bins: list = []  # [rows, longest, prefix tokens, clusters, items]
+    for n, longest, S, items in pieces:
+        for b in bins:
+            if (b[0] + n) * max(b[1], longest) + b[2] + S <= budget and b[3] < MIX_MAX_CLUSTERS:
+                b[0], b[1], b[2], b[3] = b[0] + n, max(b[1], longest), b[2] + S, b[3] + 1
+                b[4].extend(items)
+                break
+        else:
+            bins.append([n, longest, S, 1, list(items)])
+    out = list(keys)
+    for n, b in enumerate(bins):
+        for i in b[4]:
+            out[i] = ("mixed", n)
+    return out
 
 
 def pool_small_clusters(keys: list, shared: list[int], min_rows: int, max_copied: int = 0) -> tuple[list, list[int]]:
@@ -549,6 +594,10 @@ class _NoSharedPrefix(Exception):
     """The model's attention did not read the shared prefix in place (see FastLM._decode)."""
 
 
+class _NoWiden(Exception):
+    """The model's KV cache cannot be assembled from prefill groups (widen_cache)."""
+
+
 def _out_cache(out):
     """The KV cache of a model output (`cache` in transformers 5, `past_key_values` before)."""
     cache = getattr(out, "cache", None)
@@ -570,6 +619,11 @@ class FastLM(TemplateLM):
     grouped_rows: bool | None = None
     # decoding under a shared few-shot prefix keeps one copy of its KV cache, not one per row
     shared_prefix_decode = True
+    # ... and several clusters may share a decoding batch, each row reading its own prefix
+    # (mix_clusters, MultiPrefix). None: not on CUDA, where each cluster in a batch adds about 10
+    # kernel launches per layer and step (unmeasured there); on the CPU, BBH with 10 prompts per
+    # task x 64 tokens took 0.401x the time (results/bench/cpu_smollm2_bbh_mixed_ab.json)
+    mix_clusters: bool | None = None
 
     def __init__(
         self,
@@ -907,15 +961,18 @@ class FastLM(TemplateLM):
             # groups and whose KV cache is reserved; transformers' generate gets the log-likelihood rules
             budget = self.gen_budget if greedy and not self.static_cache else self.budget
             waste = gen_pad_waste(self.model, self._device, budget.tokens) if budget is self.gen_budget else None
-            # a cluster's shared prefix is held once per batch, not once per row, when read in place
-            clusters, shared, lengths, pad = plan_generation(
-                prompts, max_gen, greedy and not self.static_cache and self._shared_decode, waste or 0)
+            # a cluster's shared prefix is held once per batch, not once per row, when read in place;
+            # then clusters may also share a batch, each row reading its own prefix (mix_clusters)
+            in_place = greedy and not self.static_cache and self._shared_decode
+            mixing = self._device.type != "cuda" if self.mix_clusters is None else self.mix_clusters
+            mix = budget.tokens if in_place and mixing and self.reserve_kv and self._widen_prefill else 0
+            clusters, shared, lengths, pad = plan_generation(prompts, max_gen, in_place, 0 if mix else waste or 0, mix)
             if greedy and self.static_cache:
                 # one prompt width per group (a benchmark): its batches share compiled shapes
                 width = min(-(-max(map(len, prompts)) // STATIC_LEN_BUCKET) * STATIC_LEN_BUCKET, max_ctx)
                 fn = lambda ix: self._static_greedy_batch([prompts[j] for j in ix], until, max_gen, width)  # noqa: E731
             elif greedy:
-                fn = lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, shared[ix[0]])  # noqa: E731
+                fn = lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, [shared[j] for j in ix])  # noqa: E731
             else:
                 fn = lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs)  # noqa: E731
             try:
@@ -952,14 +1009,23 @@ class FastLM(TemplateLM):
                     return False
         return True
 
-    def _greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, known_shared: int = 0) -> list[str]:
+    def _greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int,
+                      known_shared: int | list[int] = 0) -> list[str]:
         """Greedy decode one left-padded batch; rows leave the batch when finished.
 
         A common prefix of >= SHARE_MIN tokens (few-shot examples) is prefilled once per
         cluster (see _shared_len); the rest of each prompt is left padded after it. Where the
         model allows (prefix_attention.py) the rows' cache holds only their own tokens and every
         attention layer reads the prefix's one copy; otherwise its KV cache is expanded to all
-        rows."""
+        rows. `known_shared` per row (a list): rows of several clusters (mix_clusters) decode
+        together, each reading its own cluster's prefix (_mixed_batch)."""
+        if isinstance(known_shared, list):
+            parts: dict = defaultdict(list)  # prefix (None: none) -> rows
+            for i, (p, n) in enumerate(zip(prompts, known_shared)):
+                parts[tuple(p[:n]) if n >= SHARE_MIN else None].append(i)
+            if len(parts) > 1:
+                return self._mixed_batch(prompts, known_shared, parts, until, max_gen)
+            known_shared = known_shared[0] if known_shared else 0
         S = self._shared_len(prompts, known_shared)
         if S and self._shared_decode:
             pre = Prefix(*cache_kv(self._prefix_kv(prompts[0][:S], "gen")))
@@ -970,6 +1036,66 @@ class FastLM(TemplateLM):
                 log.warning("shared-prefix decoding unavailable (%s); expanding the prefix to every row from now on", exc)
                 self._shared_decode = False
         return self._decode(prompts, S, None, until, max_gen)
+
+    def _mixed_batch(self, prompts: list[list[int]], shared: list[int], parts: dict, until: list[str],
+                     max_gen: int) -> list[str]:
+        """Greedy decode a batch of several clusters' rows (`parts`: prefix -> rows). Where
+        prefixes are read in place and caches widened, in one decoding loop (_decode_mixed);
+        otherwise each cluster's rows as a batch of their own."""
+        if None not in parts and self._shared_decode and self.reserve_kv and self._widen_prefill:
+            try:
+                pres = [Prefix(*cache_kv(self._prefix_kv(list(key), "gen"))) for key in parts]
+                with shared_prefix(self.model):
+                    return self._decode_mixed(prompts, shared, parts, pres, until, max_gen)
+            except _NoSharedPrefix as exc:
+                log.warning("shared-prefix decoding unavailable (%s); expanding the prefix to every row from now on", exc)
+                self._shared_decode = False
+            except _NoWiden:
+                log.warning("this model's KV cache cannot be assembled from groups; prefilling whole batches")
+                self._widen_prefill = False
+        out: list = [None] * len(prompts)
+        for key, rows in parts.items():
+            texts = self._greedy_batch([prompts[i] for i in rows], until, max_gen, len(key) if key else 0)
+            for i, t in zip(rows, texts):
+                out[i] = t
+        return out
+
+    def _decode_mixed(self, prompts: list[list[int]], shared: list[int], parts: dict, segments: list[Prefix],
+                      until: list[str], max_gen: int) -> list[str]:
+        """_mixed_batch's one decoding loop: each cluster's rows are prefilled in groups under its
+        prefix (`segments`, read in place) and copied into one left-padded, reserved cache (widen_cache,
+        fill_rows); the decoding steps read every row's own prefix (MultiPrefix)."""
+        B = len(prompts)
+        own = [p[n:] for p, n in zip(prompts, shared)]
+        _, mask = self._left_pad(own)
+        T = mask.shape[1]
+        next_pos = mask.sum(-1, keepdim=True) + torch.tensor(shared, device=mask.device)[:, None]
+        row_seg = [0] * B
+        cache, logits, prefills = None, None, 0
+        for c, ((key, rows), pre) in enumerate(zip(parts.items(), segments)):
+            for g in self._prefill_groups([own[i] for i in rows], len(key), pre):
+                grow = [rows[j] for j in g]
+                n = max(len(own[i]) for i in grow)
+                lg, part = self._prefill([own[i] for i in grow], len(key), pre, list(key))
+                if logits is None:
+                    logits = lg.new_empty(B, lg.shape[-1])
+                    ok = widen_cache(part, B, 0, T, max_gen - 1, grow, n)
+                    cache = part
+                else:
+                    ok = fill_rows(cache, part, grow, 0, n)
+                del part
+                if not ok:
+                    raise _NoWiden
+                logits[torch.tensor(grow, device=logits.device)] = lg
+                prefills += 1
+            for i in rows:
+                row_seg[i] = c
+        pre = MultiPrefix(segments, row_seg)
+        pre.set_valid(mask.bool())
+        self.stats["gen_prefill_passes"] += prefills
+        self.stats["gen_prefix_in_place_batches"] += 1
+        self.stats["gen_mixed_batches"] += 1
+        return self._decode_steps(logits, cache, mask, next_pos, pre, until, max_gen)
 
     def _prefill(self, own: list[list[int]], S: int, pre: Prefix | None, prefix: list[int]):
         """One forward pass over prompts' own tokens (left padded) after a shared prefix of S
@@ -1052,9 +1178,16 @@ class FastLM(TemplateLM):
                 reserve_cache(cache, max_gen - 1)
         if pre is not None:
             pre.set_valid(mask.bool())
-        kw = {self._cache_kw: cache, **({PREFIX_KW: pre} if pre is not None else {})}
         self.stats["gen_prefill_passes"] += prefills
         self.stats["gen_prefix_in_place_batches"] += pre is not None
+        return self._decode_steps(logits, cache, mask, next_pos, pre, until, max_gen)
+
+    def _decode_steps(self, logits, cache, mask, next_pos, pre: Prefix | None, until: list[str], max_gen: int) -> list[str]:
+        """Greedy decoding steps after a batch's prefill (`logits` at each row's last prompt
+        token, its KV cache, own-key mask and next positions; `pre`: a prefix read in place, or
+        None); rows leave the batch when finished (compact_cache). Returns the rows' texts."""
+        B = logits.shape[0]
+        kw = {self._cache_kw: cache, **({PREFIX_KW: pre} if pre is not None else {})}
         eos = self._eos_ids()
         gen: list[list[int]] = [[] for _ in range(B)]
         # a stop sequence that newly appears lies in the text of the last few tokens, so only
@@ -1087,6 +1220,8 @@ class FastLM(TemplateLM):
                 sel = compact_cache(cache, keep, self._device)
                 mask, next_pos = mask[sel], next_pos[sel]
                 active = [active[k] for k in keep]
+                if pre is not None:
+                    pre.keep_rows(keep)
             step = torch.tensor([nxt[k] for k in keep], device=self._device)[:, None]
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             if pre is not None:

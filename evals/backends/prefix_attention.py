@@ -75,6 +75,40 @@ class Prefix:
         return self._masks[key]
 
 
+    def prefix_len(self) -> int:
+        """Tokens of the prefix (the longest one, for MultiPrefix)."""
+        return self.keys[0].shape[2]
+
+    def keep_rows(self, order: list[int]) -> None:
+        """The batch now holds rows `order` of the old one (compact_order); nothing to do for
+        one prefix shared by all rows."""
+
+
+class MultiPrefix(Prefix):
+    """Several clusters' prefixes in one decoding batch (mixed clusters): `segments` (one
+    Prefix each, holding its keys and values) and each row's segment, `row_segment`; a row's
+    queries see only its own segment's prefix (multi_prefix_attention). Decoding steps only:
+    the rows' own tokens are prefilled per cluster, under that cluster's Prefix."""
+
+    def __init__(self, segments: list[Prefix], row_segment: list[int]):
+        super().__init__([], [])
+        self.segments = segments
+        self.keep_rows(list(range(len(row_segment))), row_segment)
+
+    def prefix_len(self) -> int:
+        return max(p.prefix_len() for p in self.segments)
+
+    def keep_rows(self, order: list[int], row_segment: list[int] | None = None) -> None:
+        """Rows `order` of the batch remain (row i of the batch is old row order[i])."""
+        rows = row_segment if row_segment is not None else [self.row_segment[r] for r in order]
+        self.row_segment = rows
+        dev = self.segments[0].keys[0].device
+        by_seg: dict[int, list[int]] = {}
+        for i, sgm in enumerate(rows):
+            by_seg.setdefault(sgm, []).append(i)
+        self.rows_of = [(torch.tensor(ix, device=dev), self.segments[sgm]) for sgm, ix in sorted(by_seg.items())]
+
+
 def cache_kv(cache) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per-layer keys and values of a KV cache (transformers' per-layer caches, or the older
     key_cache / value_cache lists)."""
@@ -123,6 +157,40 @@ def prefix_attention(query, key, value, prefix_k, prefix_v, valid, scaling: floa
     return out
 
 
+def multi_prefix_attention(query, key, value, segments, scaling: float | None, own_mask: torch.Tensor) -> torch.Tensor:
+    """Attention of a batch whose rows read different prefixes: `segments` lists (row indices,
+    prefix keys [1, kvH, S, d], prefix values) and each row's queries see its own segment's
+    prefix and its valid own keys (`own_mask`, additive [B, 1, rep * q, L]). Exact: one
+    softmax per row over both parts, taken as exp(score - the row's max), summed over the own
+    keys for all rows at once and over each segment's prefix for its rows, then divided
+    (float32). Returns [B, q, H, d]."""
+    B, H, q, d = query.shape
+    kvH = key.shape[1]
+    rq = (H // kvH) * q
+    scale = scaling if scaling is not None else d ** -0.5
+    qg = query.reshape(B, kvH, rq, d)
+    s_own = torch.matmul(qg, key.transpose(-1, -2)).float().mul_(scale) + own_mask  # [B, kvH, rq, L]
+    top = s_own.amax(-1, keepdim=True)
+    pre = []
+    for idx, kp, _ in segments:
+        n, S = idx.numel(), kp.shape[2]
+        qs = qg.index_select(0, idx).transpose(0, 1).reshape(kvH, n * rq, d)
+        sp = torch.matmul(qs, kp[0].transpose(-1, -2)).view(kvH, n, rq, S).transpose(0, 1).float().mul_(scale)
+        top[idx] = torch.maximum(top[idx], sp.amax(-1, keepdim=True))
+        pre.append(sp)
+    e = torch.exp(s_own - top)
+    z = e.sum(-1, keepdim=True)
+    out = torch.matmul(e.to(value.dtype), value).float()  # [B, kvH, rq, dv]
+    for (idx, kp, vp), sp in zip(segments, pre):
+        n, S = idx.numel(), kp.shape[2]
+        ep = torch.exp(sp - top[idx])
+        z.index_add_(0, idx, ep.sum(-1, keepdim=True))
+        op = torch.matmul(ep.to(vp.dtype).transpose(0, 1).reshape(kvH, n * rq, S), vp[0])
+        out.index_add_(0, idx, op.view(kvH, n, rq, -1).transpose(0, 1).float())
+    out = (out / z).to(query.dtype)
+    return out.reshape(B, H, q, -1).transpose(1, 2)
+
+
 def prefix_attention_forward(module, query, key, value, attention_mask, **kwargs):
     """AttentionInterface function: query [B, H, q, d], the rows' own key/value from their
     cache [B, kvH, L, d]; the prefix and own-key mask come from the `phi2eval_prefix` keyword
@@ -134,9 +202,16 @@ def prefix_attention_forward(module, query, key, value, attention_mask, **kwargs
         if kwargs.get(feature) is not None:
             raise NotImplementedError(f"{SHARED} attention does not implement {feature}")
     window = kwargs.get("sliding_window")
-    if window is not None and pre.keys[0].shape[2] + key.shape[2] > window:
+    if window is not None and pre.prefix_len() + key.shape[2] > window:
         raise NotImplementedError(f"{SHARED} attention does not implement sliding windows")
     i = module.layer_idx
+    if isinstance(pre, MultiPrefix):  # a decoding step of a batch mixing clusters
+        if query.shape[2] != 1:
+            raise NotImplementedError("a batch mixing clusters prefills per cluster")
+        pre.calls += 1
+        mask = pre.own_mask(1, key.shape[2], query.shape[1] // key.shape[1])
+        segments = [(idx, p.keys[i], p.values[i]) for idx, p in pre.rows_of]
+        return multi_prefix_attention(query, key, value, segments, kwargs.get("scaling"), mask), None
     pk, pv = pre.keys[i], pre.values[i]
     pre.calls += 1
     if query.shape[2] == 1:  # a decoding step: the prefix is read once for all rows

@@ -535,6 +535,69 @@ def test_rows_leaving_a_batch_keep_their_texts(smol, monkeypatch):
     assert any(o != sorted(o) for o in orders)  # a row moved into a hole
 
 
+FEWSHOT_B = "Answer each question with one word.\n\n" + "".join(
+    f"Q: What colour is {x}?\nA: {c}\n\n" for x, c in (("grass", "green"), ("snow", "white"), ("the sky", "blue"),
+                                                         ("coal", "black"), ("blood", "red"), ("a lemon", "yellow")))
+MIXED_CLUSTERS = FEWSHOT_PROMPTS + [FEWSHOT_B + f"Q: What colour is {x}?\nA:" for x in ("milk", "an orange", "a frog")]
+
+
+def test_mix_clusters_packs_clusters_into_shared_batches():
+    """Clusters cut into pieces that fill a batch (rows x longest + prefix), packed largest first."""
+    from evals.backends.fast import mix_clusters
+
+    keys = ["a"] * 4 + ["b"] * 3 + ["c"] * 2 + [None] + ["d"] * 10
+    lengths = [10, 10, 9, 9, 8, 8, 8, 20, 20, 5] + [10] * 10
+    got = mix_clusters(keys, [2] * 9 + [0] + [2] * 10, lengths, 90)
+    assert got[9] is None  # the pool stays apart
+    # a batch holds rows x longest + its prefixes (2 tokens each). d: 10 rows x 10 + 2 > 90, cut
+    # into 8 rows (82) and 2; a (4 x 10 + 2) and c (2 x 20 + 2) open bins; b (3 x 8) joins a:
+    # 7 rows x 10 + 4 = 74; d's last 2 rows join c: 4 x 20 + 4 = 84
+    d = got[10:]
+    assert len(set(d[:8])) == 1 and d[0] not in got[:10]
+    assert len(set(got[:7])) == 1 and got[7] == got[8] == d[8] == d[9] != got[0]
+
+
+def test_a_batch_mixing_clusters_gives_each_clusters_texts(smol, hf_lm, monkeypatch):
+    """Rows of two few-shot clusters in one decoding loop, each reading its own prefix in place
+    (MultiPrefix): the texts of each cluster decoded alone, and HFLM's."""
+    from evals.backends import fast as fast_mod
+    from evals.backends.fast import share_clusters
+
+    model, tok = smol
+    enc = [tok(p)["input_ids"] for p in MIXED_CLUSTERS]
+    _, shared = share_clusters(enc)
+    assert len({tuple(e[:n]) for e, n in zip(enc, shared)}) == 2 and min(shared) >= fast_mod.SHARE_MIN
+    lm = FastLM(model, tok, max_length=2048)
+    with torch.inference_mode():
+        mixed = lm._greedy_batch(enc, ["\n\n", "Q:"], 12, list(shared))
+        alone = lm._greedy_batch(enc[:4], ["\n\n", "Q:"], 12, shared[0]) + \
+            lm._greedy_batch(enc[4:], ["\n\n", "Q:"], 12, shared[4])
+    assert mixed == alone and lm.stats["gen_mixed_batches"] == 1
+    # through generate_until: the planner mixes the two clusters (kept out of the pool here)
+    monkeypatch.setattr(fast_mod, "GEN_CLUSTER_MIN_ROWS", 2)
+    reqs = [_inst("generate_until", (p, {"until": ["\n\n", "Q:"], "max_gen_toks": 12}), i)
+            for i, p in enumerate(MIXED_CLUSTERS)]
+    lm = FastLM(model, tok, max_length=2048)
+    assert lm.generate_until(reqs, disable_tqdm=True) == hf_lm.generate_until(reqs, disable_tqdm=True)
+    assert lm.stats["gen_mixed_batches"] == 1
+
+
+def test_a_mixed_batch_falls_back_to_one_batch_per_cluster(smol, monkeypatch, caplog):
+    """Where caches cannot be assembled from groups, each cluster decodes on its own."""
+    from evals.backends import fast as fast_mod
+    from evals.backends.fast import share_clusters
+
+    model, tok = smol
+    enc = [tok(p)["input_ids"] for p in MIXED_CLUSTERS]
+    _, shared = share_clusters(enc)
+    ref = FastLM(model, tok, max_length=2048)._greedy_batch(enc, ["\n"], 8, list(shared))
+    monkeypatch.setattr(fast_mod, "widen_cache", lambda *a: False)
+    lm = FastLM(model, tok, max_length=2048)
+    with caplog.at_level("WARNING"):
+        assert lm._greedy_batch(enc, ["\n"], 8, list(shared)) == ref
+    assert not lm._widen_prefill and lm.stats["gen_mixed_batches"] == 0
+
+
 def test_loglikelihood_rolling_matches_hf(smol):
     """Rolling windows (perplexity tasks) over trie rows give HFLM's totals."""
     from lm_eval.models.huggingface import HFLM

@@ -61,3 +61,27 @@ def test_forward_needs_its_keyword_and_refuses_windows():
         pa.prefix_attention_forward(Module(), q, k, k, None, sliding_window=4, **{pa.PREFIX_KW: pre})
     out, _ = pa.prefix_attention_forward(Module(), q, k, k, None, sliding_window=4096, **{pa.PREFIX_KW: pre})
     assert out.shape == (1, 1, 2, 4) and pre.calls == 1
+
+
+@pytest.mark.parametrize("H,kvH", [(4, 4), (6, 2)])
+def test_rows_of_several_prefixes_each_read_their_own(H, kvH):
+    """multi_prefix_attention (a batch mixing clusters) gives each row what prefix_attention
+    gives it under its own prefix alone."""
+    torch.manual_seed(2)
+    B, L, d = 5, 6, 8
+    query = torch.randn(B, H, 1, d)
+    key, value = torch.randn(B, kvH, L, d), torch.randn(B, kvH, L, d)
+    valid = torch.ones(B, L, dtype=torch.bool)
+    valid[3, :2] = False
+    prefixes = [(torch.randn(1, kvH, S, d), torch.randn(1, kvH, S, d)) for S in (7, 12)]
+    row_segment = [1, 0, 1, 1, 0]
+    pre = pa.MultiPrefix([pa.Prefix([pk], [pv]) for pk, pv in prefixes], row_segment)
+    pre.set_valid(valid)
+    segments = [(idx, p.keys[0], p.values[0]) for idx, p in pre.rows_of]
+    got = pa.multi_prefix_attention(query, key, value, segments, None, pre.own_mask(1, L, H // kvH))
+    for b, sgm in enumerate(row_segment):
+        pk, pv = prefixes[sgm]
+        ref = pa.prefix_attention(query[b:b + 1], key[b:b + 1], value[b:b + 1], pk, pv, valid[b:b + 1])
+        assert torch.allclose(got[b:b + 1], ref, atol=1e-5)
+    pre.keep_rows([4, 1, 2])  # rows leave the batch: their segments follow
+    assert pre.row_segment == [0, 0, 1] and [ix.tolist() for ix, _ in pre.rows_of] == [[0, 1], [2]]

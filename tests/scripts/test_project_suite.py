@@ -96,12 +96,16 @@ def test_decode_floor_reads_a_shared_prefix_once_per_batch():
     assert secs == pytest.approx(20 * (2e9 + 500 * 1000) / 1e12, rel=1e-3)
 
 
-@pytest.mark.parametrize("budget", [10_000, 300, 120])
-def test_generation_batches_are_those_the_backend_runs(embedded_model, monkeypatch, budget):
-    """gen_batches_of plans the batches as FastLM.generate_until cuts them."""
+@pytest.mark.parametrize("budget,min_rows", [(10_000, 8), (300, 8), (120, 8), (10_000, 2), (300, 2)])
+def test_generation_batches_are_those_the_backend_runs(embedded_model, monkeypatch, budget, min_rows):
+    """gen_batches_of plans the batches as FastLM.generate_until cuts them (on the CPU, with
+    clusters mixed; min_rows 2: the few-shot prompts form a cluster, not part of the pool)."""
     import torch
 
+    from evals.backends import fast as fast_mod
     from evals.backends.fast import FastLM, gen_pad_waste
+
+    monkeypatch.setattr(fast_mod, "GEN_CLUSTER_MIN_ROWS", min_rows)
 
     lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048, token_budget=budget)
     calls = []
@@ -109,7 +113,7 @@ def test_generation_batches_are_those_the_backend_runs(embedded_model, monkeypat
     reqs = [Instance(request_type="generate_until", doc={}, arguments=(c, {"until": ["\n"], "max_gen_toks": 8}),
                      idx=0, metadata=("t", i, 1)) for i, c in enumerate(CONTEXTS * 3)]
     lm.generate_until(reqs, disable_tqdm=True)
-    plan = (lm.gen_budget.tokens, gen_pad_waste(lm.model, torch.device("cpu"), lm.gen_budget.tokens))
+    plan = (lm.gen_budget.tokens, gen_pad_waste(lm.model, torch.device("cpu"), lm.gen_budget.tokens), True)  # CPU: mixed
     rec = project_suite.count_work("t", reqs, lm, gen_plan=plan)
     assert rec["gen_batches"] == len(calls) and rec["decode_steps"] == 8 * len(calls)
     assert sum(calls) == len(reqs)
