@@ -33,6 +33,9 @@ Generation (greedy)
     prefix's cache is copied to every row. A cluster of fewer than GEN_CLUSTER_MIN_ROWS prompts,
     or whose prefix copied to all but one of its rows is fewer tokens than the padding allowance
     (gen_pad_waste), joins the common pool, where prompts of different tasks share batches.
+    On the CPU (mix_clusters) clusters also share batches, each row reading its own cluster's
+    prefix in place (MultiPrefix); then only clusters of fewer than GEN_CLUSTER_MIN_ROWS
+    prompts join the pool.
   * Generation batches have their own token budget (on the CPU sized by the KV cache's memory,
     gen_budget_tokens) and take rows of any length while reading their left padding's KV
     cache costs less than a decoding step's fixed cost (gen_pad_waste); a batch's rows are
@@ -40,7 +43,8 @@ Generation (greedy)
     (widen_cache), so padding costs no prefill.
   * Each row stops on the model's EOS token, on max_gen_toks, or as soon as its decoded text
     holds a stop sequence whose cut can no longer move (looked for in the text of the last
-    few tokens, the whole text decoded only once one appears); finished rows leave the batch.
+    few tokens, the whole text decoded only once one appears); finished rows leave the batch,
+    the rows behind them moved into their place in the reserved cache (compact_cache).
   * Output text = HFLM's post-processing (cut at the first stop sequence).
   * Sampling or unusual generation kwargs fall back to `model.generate` exactly as HFLM calls it.
   * Optional (`static_cache=True`, `--static-cache`): greedy batches run through transformers'
@@ -286,7 +290,7 @@ def pool_small_clusters(keys: list, shared: list[int], min_rows: int, max_copied
     items, or whose shared prefix copied to all items but one is at most `max_copied` tokens,
     moved to the common pool (key None, shared 0). BBH on an H200 (allowance 51.7k tokens):
     14 clusters of 8-19 prompts left cut to one prefix of ~1400 tokens, each a decoding loop of
-    its own before (32 batches, not 44)."""
+    its own before (31 batches, not 44)."""
     size: dict = defaultdict(int)
     prefix: dict = {}
     for k, s in zip(keys, shared):

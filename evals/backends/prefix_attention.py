@@ -14,6 +14,11 @@ up to itself. The prefill of the prompts' own tokens (many queries per row) runs
 SDPA over the prefix expanded for one layer at a time, which the next layer's expansion reuses
 the memory of; only the decoding steps, which read the cache again and again, read it once.
 
+A batch may also mix several clusters (MultiPrefix, on the CPU): each row's queries then see
+only its own cluster's prefix; the scores against the rows' own keys are taken for all rows
+at once and those against each prefix for its rows, merged under one softmax per row
+(multi_prefix_attention).
+
 It works through transformers' AttentionInterface, like packed_attention.py: while
 `shared_prefix(model)` is active the model's attention implementation is SHARED, whose
 function needs the `phi2eval_prefix` keyword (a Prefix) that the model forwards to every
