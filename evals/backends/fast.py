@@ -1072,28 +1072,16 @@ class FastLM(TemplateLM):
         B = len(prompts)
         own = [p[n:] for p, n in zip(prompts, shared)]
         _, mask = self._left_pad(own)
-        T = mask.shape[1]
         next_pos = mask.sum(-1, keepdim=True) + torch.tensor(shared, device=mask.device)[:, None]
         row_seg = [0] * B
-        cache, logits, prefills = None, None, 0
+        batch, prefills = [None, None], 0
         for c, ((key, rows), pre) in enumerate(zip(parts.items(), segments)):
-            for g in self._prefill_groups([own[i] for i in rows], len(key), pre):
-                grow = [rows[j] for j in g]
-                n = max(len(own[i]) for i in grow)
-                lg, part = self._prefill([own[i] for i in grow], len(key), pre, list(key))
-                if logits is None:
-                    logits = lg.new_empty(B, lg.shape[-1])
-                    ok = widen_cache(part, B, 0, T, max_gen - 1, grow, n)
-                    cache = part
-                else:
-                    ok = fill_rows(cache, part, grow, 0, n)
-                del part
-                if not ok:
-                    raise _NoWiden
-                logits[torch.tensor(grow, device=logits.device)] = lg
-                prefills += 1
+            groups = [[rows[j] for j in g] for g in self._prefill_groups([own[i] for i in rows], len(key), pre)]
+            self._prefill_into(batch, groups, own, len(key), pre, list(key), 0, max_gen)
+            prefills += len(groups)
             for i in rows:
                 row_seg[i] = c
+        logits, cache = batch
         pre = MultiPrefix(segments, row_seg)
         pre.set_valid(mask.bool())
         self.stats["gen_prefill_passes"] += prefills
@@ -1128,6 +1116,28 @@ class FastLM(TemplateLM):
         self.stats["gen_prefill_tokens"] += ids.numel()
         return out.logits[:, -1, :], _out_cache(out)
 
+    def _prefill_into(self, batch: list, groups: list[list[int]], own: list[list[int]], S: int, pre: Prefix | None,
+                      prefix: list[int], cols: int, max_gen: int) -> None:
+        """Prefill each group of batch rows (indices into `own`, the rows' own tokens) and copy
+        its cache into the batch's: `batch` is [logits, cache], both None before the first
+        group, whose cache widen_cache turns into the whole batch's (`cols` prefix columns, own
+        tokens right aligned to the longest, room for max_gen); fill_rows adds the others.
+        Raises _NoWiden if the model's cache cannot be assembled so."""
+        B, T = len(own), max(map(len, own))
+        for g in groups:
+            n = max(len(own[i]) for i in g)
+            lg, part = self._prefill([own[i] for i in g], S, pre, prefix)
+            if batch[0] is None:
+                batch[0] = lg.new_empty(B, lg.shape[-1])
+                ok = widen_cache(part, B, cols, T, max_gen - 1, g, n)
+                batch[1] = part
+            else:
+                ok = fill_rows(batch[1], part, g, cols, n)
+            del part
+            if not ok:
+                raise _NoWiden
+            batch[0][torch.tensor(g, device=batch[0].device)] = lg
+
     def _prefill_groups(self, own: list[list[int]], S: int, pre: Prefix | None) -> list[list[int]]:
         """Rows of a generation batch prefilled together: similar lengths (the log-likelihood
         batches' padding rule and token budget, on CUDA at most GEN_PREFILL_SHARE of the
@@ -1151,30 +1161,19 @@ class FastLM(TemplateLM):
         own = [p[S:] for p in prompts]
         prefix = prompts[0][:S]
         _, mask = self._left_pad(own)
-        T = mask.shape[1]
         next_pos = mask.sum(-1, keepdim=True) + S
         if pre is None and S:
             mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
         groups = self._prefill_groups(own, S, pre)
-        cache, prefills = None, len(groups)
+        batch, prefills = [None, None], len(groups)
         if len(groups) > 1:
-            cols, widths = (S if pre is None else 0), [max(len(own[i]) for i in g) for g in groups]
-            logits = None
-            for g, n in zip(groups, widths):
-                lg, part = self._prefill([own[i] for i in g], S, pre, prefix)
-                if logits is None:
-                    logits = lg.new_empty(B, lg.shape[-1])
-                    ok = widen_cache(part, B, cols, T, max_gen - 1, g, n)
-                    cache = part
-                else:
-                    ok = fill_rows(cache, part, g, cols, n)
-                del part
-                if not ok:
-                    log.warning("this model's KV cache cannot be assembled from groups; prefilling whole batches")
-                    self._widen_prefill = False
-                    cache = None
-                    break
-                logits[torch.tensor(g, device=logits.device)] = lg
+            try:
+                self._prefill_into(batch, groups, own, S, pre, prefix, S if pre is None else 0, max_gen)
+            except _NoWiden:
+                log.warning("this model's KV cache cannot be assembled from groups; prefilling whole batches")
+                self._widen_prefill = False
+                batch = [None, None]
+        logits, cache = batch
         if cache is None:
             prefills = 1
             logits, cache = self._prefill(own, S, pre, prefix)
