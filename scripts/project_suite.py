@@ -84,10 +84,10 @@ def token_counter(tokenizer, max_length: int, max_gen_toks: int = 256):
     return lm
 
 
-def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple[int, int] | None = None) -> dict:
+def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple | None = None) -> dict:
     """Request counts, tokens and the fast backend's work for one benchmark's requests
     (`ratio`: the merge ratio of the model; default from lm.model). `gen_plan` (generation
-    batches' token budget, padding allowance): also the decoding loops the backend's batch
+    batches' token budget, padding allowance[, mix]: gen_batches_of): also the decoding loops the backend's batch
     planner makes (gen_batches) and their steps at max_gen_toks (decode_steps)."""
     from bench_runner import hf_work
 
@@ -140,8 +140,7 @@ def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste
         by_gen.setdefault(g, []).append(q)
     batches = steps = 0
     for g, qs in by_gen.items():
-        keys, _, lengths, pad = plan_generation(qs, g, shared_decode=True, pool_tokens=0 if mix else pad_waste,
-                                                mix_budget=budget_tokens if mix else 0)
+        keys, _, lengths, pad = plan_generation(qs, g, True, pad_waste, budget_tokens if mix else 0)
         rule = TokenBudget(budget_tokens, max_pad_ratio=GEN_PAD_RATIO, max_pad_waste=pad_waste)
         n = len(plan_batches(lengths, rule, keys, pad))
         batches, steps = batches + n, steps + n * g
@@ -214,7 +213,7 @@ def main(argv=None) -> int:
     tok_label = args.tokenizer or "embedded SmolLM2-135M tokenizer (not the model's own)"
 
     lm = token_counter(tok, int(spec["config"].get("max_position_embeddings", 2048)))
-    # generation batches as the backend cuts them on this device (batching.default_budget on CUDA)
+    # generation batches as the backend cuts them on this device (gen_budget_tokens on CUDA)
     from evals.backends.fast import GPU_FORWARD_OVERHEAD_S, GPU_GEN_MEMORY_SHARE, gen_pad_waste_tokens, kv_budget_tokens
 
     weight_bytes = 2 * (body + head + emb)

@@ -235,13 +235,15 @@ def plan_generation(prompts: list[list[int]], max_gen: int, shared_decode: bool,
     """(batching key, shared prefix length, length, padded length) of each greedy generation
     prompt: clusters of prompts sharing a few-shot prefix (share_clusters; the small ones in
     the pool, pool_small_clusters, `pool_tokens` its copied-prefix allowance; with
-    `mix_budget`, clusters packed into shared batches of that budget, mix_clusters); a row's
-    length is its prompt + max_gen (without the shared prefix when it is read in place,
-    `shared_decode`); the padded part is what follows the prefix."""
-    keys, shared = pool_small_clusters(*share_clusters(prompts), GEN_CLUSTER_MIN_ROWS, pool_tokens)
+    `mix_budget` and `shared_decode`, clusters packed into shared batches of that budget,
+    mix_clusters, and only the small ones pooled); a row's length is its prompt + max_gen
+    (without the shared prefix when it is read in place, `shared_decode`); the padded part is
+    what follows the prefix."""
+    mix = bool(mix_budget and shared_decode)
+    keys, shared = pool_small_clusters(*share_clusters(prompts), GEN_CLUSTER_MIN_ROWS, 0 if mix else pool_tokens)
     lengths = [len(p) + max_gen for p in prompts]
     pad = [n - s for n, s in zip(lengths, shared)]
-    if mix_budget and shared_decode:
+    if mix:
         keys = mix_clusters(keys, shared, pad, mix_budget)
     return keys, shared, (pad if shared_decode else lengths), pad
 
@@ -970,7 +972,7 @@ class FastLM(TemplateLM):
             in_place = greedy and not self.static_cache and self._shared_decode
             mixing = self._device.type != "cuda" if self.mix_clusters is None else self.mix_clusters
             mix = budget.tokens if in_place and mixing and self.reserve_kv and self._widen_prefill else 0
-            clusters, shared, lengths, pad = plan_generation(prompts, max_gen, in_place, 0 if mix else waste or 0, mix)
+            clusters, shared, lengths, pad = plan_generation(prompts, max_gen, in_place, waste or 0, mix)
             if greedy and self.static_cache:
                 # one prompt width per group (a benchmark): its batches share compiled shapes
                 width = min(-(-max(map(len, prompts)) // STATIC_LEN_BUCKET) * STATIC_LEN_BUCKET, max_ctx)
@@ -1055,8 +1057,7 @@ class FastLM(TemplateLM):
                 log.warning("shared-prefix decoding unavailable (%s); expanding the prefix to every row from now on", exc)
                 self._shared_decode = False
             except _NoWiden:
-                log.warning("this model's KV cache cannot be assembled from groups; prefilling whole batches")
-                self._widen_prefill = False
+                self._stop_widening()
         out: list = [None] * len(prompts)
         for key, rows in parts.items():
             texts = self._greedy_batch([prompts[i] for i in rows], until, max_gen, len(key) if key else 0)
@@ -1138,11 +1139,17 @@ class FastLM(TemplateLM):
                 raise _NoWiden
             batch[0][torch.tensor(g, device=batch[0].device)] = lg
 
+    def _stop_widening(self) -> None:
+        """From now on, prefill generation batches whole (the model's KV cache cannot be
+        assembled from groups, widen_cache)."""
+        log.warning("this model's KV cache cannot be assembled from groups; prefilling whole batches")
+        self._widen_prefill = False
+
     def _prefill_groups(self, own: list[list[int]], S: int, pre: Prefix | None) -> list[list[int]]:
         """Rows of a generation batch prefilled together: similar lengths (the log-likelihood
         batches' padding rule and token budget, on CUDA at most GEN_PREFILL_SHARE of the
-        generation budget; the rest of the batch's padding costs only
-        decoding steps' KV reads, see gen_pad_waste). One group if the cache cannot be widened."""
+        generation budget; the rest of the batch's padding costs only decoding steps' KV
+        reads, see gen_pad_waste). One group if the cache cannot be widened."""
         if not (self.reserve_kv and self._widen_prefill) or len(own) < 2:
             return [list(range(len(own)))]
         cols = S if pre is None else 0  # prefix columns in the rows' cache
@@ -1170,8 +1177,7 @@ class FastLM(TemplateLM):
             try:
                 self._prefill_into(batch, groups, own, S, pre, prefix, S if pre is None else 0, max_gen)
             except _NoWiden:
-                log.warning("this model's KV cache cannot be assembled from groups; prefilling whole batches")
-                self._widen_prefill = False
+                self._stop_widening()
                 batch = [None, None]
         logits, cache = batch
         if cache is None:

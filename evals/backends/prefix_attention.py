@@ -98,14 +98,17 @@ class MultiPrefix(Prefix):
     def __init__(self, segments: list[Prefix], row_segment: list[int]):
         super().__init__([], [])
         self.segments = segments
-        self.keep_rows(list(range(len(row_segment))), row_segment)
+        self._set_rows(row_segment)
 
     def prefix_len(self) -> int:
         return max(p.prefix_len() for p in self.segments)
 
-    def keep_rows(self, order: list[int], row_segment: list[int] | None = None) -> None:
+    def keep_rows(self, order: list[int]) -> None:
         """Rows `order` of the batch remain (row i of the batch is old row order[i])."""
-        rows = row_segment if row_segment is not None else [self.row_segment[r] for r in order]
+        self._set_rows([self.row_segment[r] for r in order])
+
+    def _set_rows(self, rows: list[int]) -> None:
+        """Each row's segment, and per segment its rows as an index tensor (rows_of)."""
         self.row_segment = rows
         dev = self.segments[0].keys[0].device
         by_seg: dict[int, list[int]] = {}
