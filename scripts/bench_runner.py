@@ -335,7 +335,7 @@ def main(argv=None) -> int:
         "device": args.device, "device_name": dev_name, "host_cpus": os.cpu_count(),
         "commit": git_commit(),
         "loadavg_start": os.getloadavg(),
-        # glibc allocator settings change both backends' page faults (see README, Speed)
+        # glibc allocator settings change both backends' page faults (see docs/speed.md)
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "model": {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool)) and k != "path"},
         "fast_sdpa_kernels": ("no-cudnn" if os.environ.get(SDPA_ENV) != "default" else "pytorch-default")
