@@ -52,20 +52,23 @@ class Prefix:
     valid: torch.Tensor | None = None
     calls: int = 0
     _masks: dict = field(default_factory=dict, repr=False)  # masks built from `valid`, per shape
+    _layers: list = field(default_factory=list, repr=False)  # per layer (keys transposed, values)
 
     def set_valid(self, valid: torch.Tensor) -> None:
         """New own-key mask (each decoding step); the masks built from the old one are dropped."""
         self.valid = valid
         self._masks.clear()
 
-    def own_mask(self, q: int, L: int, rep: int) -> torch.Tensor:
-        """Additive float32 mask [B, 1, rep * q, L] over the rows' own keys (see _own_visible),
-        built once per forward pass and shared by its layers."""
-        key = (q, L, rep)
+    def own_mask(self, q: int, L: int, rep: int, S: int = 0) -> torch.Tensor:
+        """Additive float32 mask [B, 1, rep * q, S + L]: 0 over S prefix keys (all visible),
+        then over the rows' own keys (see _own_visible); built once per forward pass and shared
+        by its layers."""
+        key = (q, L, rep, S)
         if key not in self._masks:
             hidden = ~_own_visible(self.valid, q, L).repeat(1, rep, 1)[:, None]
-            self._masks[key] = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device).masked_fill_(
-                hidden, float("-inf"))
+            mask = torch.zeros(hidden.shape[:-1] + (S + L,), dtype=torch.float32, device=hidden.device)
+            mask[..., S:].masked_fill_(hidden, float("-inf"))
+            self._masks[key] = mask
         return self._masks[key]
 
     def prefill_mask(self, q: int, L: int) -> torch.Tensor:
@@ -83,6 +86,13 @@ class Prefix:
     def prefix_len(self) -> int:
         """Tokens of the prefix (the longest one, for MultiPrefix)."""
         return self.keys[0].shape[2]
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's prefix keys, transposed, and values as prefix_attention multiplies them
+        ([kvH, d, S], [kvH, S, dv]; views, made once per batch, not once per step)."""
+        if not self._layers:
+            self._layers = [(k[0].transpose(-1, -2), v[0]) for k, v in zip(self.keys, self.values)]
+        return self._layers[i]
 
     def keep_rows(self, order: list[int]) -> None:
         """The batch now holds rows `order` of the old one (compact_order); nothing to do for
@@ -135,34 +145,54 @@ def _own_visible(valid: torch.Tensor, q: int, L: int) -> torch.Tensor:
 
 def prefix_attention(query, key, value, prefix_k, prefix_v, valid, scaling: float | None = None,
                      own_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax([q Kp^T, q K^T + mask] * scaling) [Vp; V] for query [B, H, q, d], the rows' own
+    """softmax([q Kp^T, q K^T] * scaling + mask) [Vp; V] for query [B, H, q, d], the rows' own
     key/value [B, kvH, L, d], the shared prefix's [1, kvH, S, d] and `valid` [B, >= L] (own
     keys that are not padding); a query sees the whole prefix and its row's valid own keys up
     to its own position (the last q of L). H a multiple of kvH (grouped-query heads share
-    their key head). `own_mask`: Prefix.own_mask, if already built. Returns [B, q, H, d]."""
+    their key head). `own_mask`: Prefix.own_mask(q, L, rep, S), if already built. Returns
+    [B, q, H, d]."""
     B, H, q, d = query.shape
     kvH, L, S = key.shape[1], key.shape[2], prefix_k.shape[2]
-    rep, rq = H // kvH, (H // kvH) * q
+    rep = H // kvH
     scale = scaling if scaling is not None else d ** -0.5
-    kp, vp = prefix_k[0], prefix_v[0]  # [kvH, S, d]
-    if own_mask is None:
-        own_mask = Prefix([], [], valid).own_mask(q, L, rep)  # [B, 1, rq, L]
-    out = query.new_empty(B, q, H, value.shape[-1])
+    if own_mask is None or own_mask.shape[-1] != S + L:
+        own_mask = Prefix([], [], valid).own_mask(q, L, rep, S)  # [B, 1, rep * q, S + L]
+    return _prefix_attention(query, key, value, prefix_k[0].transpose(-1, -2), prefix_v[0], own_mask, scale)
+
+
+def _prefix_attention(query, key, value, kpt, vp, mask, scale: float) -> torch.Tensor:
+    """prefix_attention with the prefix as Prefix.layer gives it and the whole mask built; rows
+    run in chunks of at most SCORES_CHUNK score entries."""
+    B, H, q, _ = query.shape
+    S, L = kpt.shape[-1], key.shape[2]
     step = max(1, SCORES_CHUNK.get(query.device.type, 1 << 24) // (H * q * (S + L)))
+    if step >= B:
+        return _prefix_rows(query, key, value, kpt, vp, mask, scale)
+    out = query.new_empty(B, q, H, value.shape[-1])
     for b0 in range(0, B, step):
         b1 = min(B, b0 + step)
-        nb = b1 - b0
-        qg = query[b0:b1].reshape(nb, kvH, rq, d)  # heads of one key head, stacked
-        # prefix: every row's queries against the one copy of the prefix, per key head
-        s_pre = torch.matmul(qg.transpose(0, 1).reshape(kvH, nb * rq, d), kp.transpose(-1, -2))
-        s_own = torch.matmul(qg, key[b0:b1].transpose(-1, -2))  # [nb, kvH, rq, L]
-        s = torch.cat([s_pre.view(kvH, nb, rq, S).transpose(0, 1), s_own], dim=-1).float().mul_(scale)
-        s[..., S:] += own_mask[b0:b1]
-        p = torch.softmax(s, dim=-1).to(value.dtype)
-        o = torch.matmul(p[..., :S].transpose(0, 1).reshape(kvH, nb * rq, S), vp)  # [kvH, nb * rq, dv]
-        o = o.view(kvH, nb, rq, -1).transpose(0, 1) + torch.matmul(p[..., S:], value[b0:b1])
-        out[b0:b1] = o.reshape(nb, H, q, -1).transpose(1, 2)
+        out[b0:b1] = _prefix_rows(query[b0:b1], key[b0:b1], value[b0:b1], kpt, vp, mask[b0:b1], scale)
     return out
+
+
+def _prefix_rows(query, key, value, kpt, vp, mask, scale: float) -> torch.Tensor:
+    """prefix_attention for rows that fit one score tensor, in few operations (a decoding step
+    is mostly kernel launches on a GPU): the scores are laid out key head first,
+    [kvH, rows, rep * q, S + L], so the prefix's part of the probabilities is already the
+    matrix the product with the prefix's values takes, and only the rows' own part is copied."""
+    nb, H, q, d = query.shape
+    kvH, S = kpt.shape[0], kpt.shape[-1]
+    rq = (H // kvH) * q
+    qg = query.reshape(nb, kvH, rq, d)  # heads of one key head, stacked
+    # every row's queries against the one copy of the prefix, per key head
+    s_pre = torch.matmul(qg.transpose(0, 1).reshape(kvH, nb * rq, d), kpt).view(kvH, nb, rq, S)
+    s_own = torch.matmul(qg, key.transpose(-1, -2)).transpose(0, 1)  # [kvH, nb, rq, L]
+    # scaled and masked in float32 in one operation, one softmax over prefix and own keys
+    s = torch.add(mask.transpose(0, 1), torch.cat([s_pre, s_own], dim=-1), alpha=scale)
+    p = torch.softmax(s, dim=-1).to(value.dtype)
+    o = torch.matmul(p[..., :S].reshape(kvH, nb * rq, S), vp).view(kvH, nb, rq, -1).transpose(0, 1)
+    o = o + torch.matmul(p[..., S:].transpose(0, 1), value)  # [nb, kvH, rq, dv]
+    return o.reshape(nb, H, q, -1).transpose(1, 2)
 
 
 def multi_prefix_attention(query, key, value, segments, scaling: float | None, own_mask: torch.Tensor) -> torch.Tensor:
@@ -224,8 +254,10 @@ def prefix_attention_forward(module, query, key, value, attention_mask, **kwargs
     pre.calls += 1
     if query.shape[2] == 1:  # a decoding step: the prefix is read once for all rows
         rep = query.shape[1] // key.shape[1]
-        mask = pre.own_mask(1, key.shape[2], rep)
-        return prefix_attention(query, key, value, pk, pv, pre.valid, kwargs.get("scaling"), mask), None
+        mask = pre.own_mask(1, key.shape[2], rep, pk.shape[2])
+        scale = kwargs.get("scaling")
+        scale = scale if scale is not None else query.shape[-1] ** -0.5
+        return _prefix_attention(query, key, value, *pre.layer(i), mask, scale), None
     # the prompts' own tokens (prefill): SDPA over the prefix expanded for this layer only
     B = query.shape[0]
     k = torch.cat([pk.expand(B, -1, -1, -1), key], dim=2)
