@@ -4,9 +4,10 @@ Generation tasks (--max-gen-toks to shorten them) report how many texts differ i
 
     python scripts/bench_backend_ab.py --rev 81ff485 --tasks piqa,hellaswag --limit 200
 
-The old evals/backends/fast.py is loaded from `git show REV:...` as a module of its own; it
-imports the working tree's other modules (batching.py), so pick revisions whose fast.py fits
-them. Answers are compared too: the largest log-likelihood difference between the two (for
+The whole `evals` package at REV is loaded from `git show REV:...` as a package of its own
+(`evals_at_REV`, its imports and the attention implementations it registers with transformers
+renamed), so a change to any backend module (fast.py, prefix_attention.py, batching.py ...) is
+measured. Answers are compared too: the largest log-likelihood difference between the two (for
 generation, how many texts differ).
 """
 
@@ -16,6 +17,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,22 +32,33 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def load_old_fastlm(rev: str):
-    """FastLM class of evals/backends/fast.py at git revision `rev` (not registered with lm-eval)."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:evals/backends/fast.py"],
-                         check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / f"fast_{rev}.py"
-    path.write_text(src)
+    """FastLM class of the `evals` package at git revision `rev`, loaded as a package of its own
+    whose modules import each other (not the working tree's), whose attention implementations
+    and model keywords are renamed (phi2eval_* -> phi2eval_old_*) so that they do not replace
+    the current ones in transformers' registry, and which is not registered with lm-eval."""
+    git = ["git", "-C", str(ROOT)]
+    sha = subprocess.run([*git, "rev-parse", "--short", rev], check=True, capture_output=True, text=True).stdout.strip()
+    pkg = f"evals_at_{sha}"
+    root = Path(tempfile.mkdtemp())
+    files = subprocess.run([*git, "ls-tree", "-r", "--name-only", sha, "evals/"], check=True, capture_output=True,
+                           text=True).stdout.split()
+    for name in (f for f in files if f.endswith(".py")):
+        src = subprocess.run([*git, "show", f"{sha}:{name}"], check=True, capture_output=True, text=True).stdout
+        src = re.sub(r"\b(from|import) evals\b", rf"\1 {pkg}", src)
+        src = src.replace('"phi2eval_', '"phi2eval_old_')
+        dest = root / pkg / Path(name).relative_to("evals")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(src)
     import lm_eval.api.registry as registry
 
     real = registry.register_model
     registry.register_model = lambda *a, **k: (lambda cls: cls)  # the name is taken by the current one
+    sys.path.insert(0, str(root))
     try:
-        spec = importlib.util.spec_from_file_location(f"fast_{rev}", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod  # dataclasses look their module up there
-        spec.loader.exec_module(mod)
+        mod = importlib.import_module(f"{pkg}.backends.fast")
     finally:
         registry.register_model = real
+        sys.path.remove(str(root))
     return mod.FastLM
 
 

