@@ -31,13 +31,19 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+def resolve_rev(rev: str) -> str:
+    """The short commit id git gives `rev` (HEAD~1, a tag, a branch ...)."""
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def load_old_fastlm(rev: str):
     """FastLM class of the `evals` package at git revision `rev`, loaded as a package of its own
     whose modules import each other (not the working tree's), whose attention implementations
     and model keywords are renamed (phi2eval_* -> phi2eval_old_*) so that they do not replace
     the current ones in transformers' registry, and which is not registered with lm-eval."""
     git = ["git", "-C", str(ROOT)]
-    sha = subprocess.run([*git, "rev-parse", "--short", rev], check=True, capture_output=True, text=True).stdout.strip()
+    sha = resolve_rev(rev)
     pkg = f"evals_at_{sha}"
     root = Path(tempfile.mkdtemp())
     files = subprocess.run([*git, "ls-tree", "-r", "--name-only", sha, "evals/"], check=True, capture_output=True,
@@ -86,7 +92,7 @@ def main(argv=None) -> int:
     tm = TaskManager(include_path=str(ROOT / "configs" / "tasks"), include_defaults=False)
     from evals.run import cpu_model, git_commit
 
-    record = {"command": " ".join(["python", *sys.argv]), "rev": args.rev,
+    record = {"command": " ".join(["python", *sys.argv]), "rev": args.rev, "rev_commit": resolve_rev(args.rev),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
               "device_name": cpu_model(), "torch_threads": torch.get_num_threads(), "tasks": {}}
     print(f"{'task':<14}{'old s':>14}{'new s':>14}{'new/old':>9}{'max|dLL| or differing texts':>30}", flush=True)

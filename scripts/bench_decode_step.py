@@ -112,13 +112,15 @@ def main(argv=None) -> int:
     model, tok, info = load(args.model, args.device, dtype)
     prompts = prompts_with_prefix(tok, args.rows, args.prefix)
     modes = [("prefix expanded to every row", FastLM, False), ("prefix read in place", FastLM, True)]
+    rev = None
     if args.rev:
-        from bench_backend_ab import load_old_fastlm
+        from bench_backend_ab import load_old_fastlm, resolve_rev
 
-        modes.append((f"prefix read in place at {args.rev}", load_old_fastlm(args.rev), True))
+        rev = resolve_rev(args.rev)
+        modes.append((f"prefix read in place at {rev}", load_old_fastlm(rev), True))
     dev = torch.device(args.device)
     record = {"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "commit": git_commit(), "rev": args.rev, "model": args.model, "dtype": dtype,
+              "commit": git_commit(), "rev": rev, "model": args.model, "dtype": dtype,
               "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
               "torch_threads": torch.get_num_threads(), "rows": args.rows, "prefix_tokens": args.prefix,
               "own_tokens": sum(len(x) for x in prompts) // len(prompts) - args.prefix, "modes": {}}
