@@ -97,6 +97,7 @@ from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.packed_attention import supports as supports_packed
 from evals.backends.prefix_attention import PREFIX_KW, MultiPrefix, Prefix, cache_kv, shared_prefix
 from evals.backends.prefix_attention import supports as supports_shared_prefix
+from evals.backends.stops import StopCheck, stop_free_ids
 from evals.backends.prefix_trie import ancestor_mask, build_row, pack_rows
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,6 @@ GEN_CLUSTER_MIN_ROWS = 8
 # a decoding batch mixing clusters (mix_clusters) holds at most this many: each adds a few
 # kernels per attention layer and step (multi_prefix_attention)
 MIX_MAX_CLUSTERS = 16
-# greedy decoding checks stop sequences in the text of a row's last (longest stop + this many) tokens
-STOP_TAIL_TOKENS = 8
 # static-cache generation: a benchmark's prompts are left padded to one width, a multiple of this
 # many tokens (rows: see _static_greedy_batch), so a run compiles a few decoding graphs, not one per batch
 STATIC_LEN_BUCKET = 256
@@ -1003,18 +1002,6 @@ class FastLM(TemplateLM):
             mask[b, T - len(p):] = 1
         return ids.to(self._device), mask.to(self._device)
 
-    @staticmethod
-    def _stop_final(text: str, until: list[str]) -> bool:
-        """True when `text` holds a stop sequence and no longer stop could still start before the cut."""
-        cut = postprocess_generated_text(text, until, None)
-        if len(cut) == len(text):
-            return False
-        for term in until:
-            for s in range(max(0, len(text) - len(term) + 1), len(text)):
-                if s < len(cut) and term.startswith(text[s:]):
-                    return False
-        return True
-
     def _greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int,
                       known_shared: int | list[int] = 0) -> list[str]:
         """Greedy decode one left-padded batch; rows leave the batch when finished.
@@ -1197,30 +1184,12 @@ class FastLM(TemplateLM):
         None); rows leave the batch when finished (compact_cache). Returns the rows' texts."""
         B = logits.shape[0]
         kw = {self._cache_kw: cache, **({PREFIX_KW: pre} if pre is not None else {})}
-        eos = self._eos_ids()
-        gen: list[list[int]] = [[] for _ in range(B)]
-        # a stop sequence that newly appears lies in the text of the last few tokens, so only
-        # that tail is decoded at each step; the whole text only once one appears there (decoding
-        # every row's whole text at every step cost 5 ms per step for 64 rows of 256 tokens).
-        # A stop missed in the tail would only stop the row later, with the same cut text.
-        tail_n = STOP_TAIL_TOKENS + max(map(len, until), default=0)
-        seen = [False] * B  # a stop sequence is in the row's text (it may still grow longer)
+        # stop sequences are looked for only where one can newly appear (stops.py)
+        stops = StopCheck(B, self.tok_decode, until, self._eos_ids(), max_gen, stop_free_ids(self.tokenizer, until))
         active = list(range(B))  # original row of each live batch row
         while True:
             nxt = logits.argmax(-1).tolist()
-            keep = []
-            for k, (row, tok) in enumerate(zip(active, nxt)):
-                g = gen[row]
-                g.append(tok)
-                done = tok in eos or len(g) >= max_gen
-                if not done:
-                    tail = None if seen[row] or len(g) <= tail_n else self.tok_decode(g[-tail_n:])
-                    if tail is None or any(t in tail for t in until):
-                        text = self.tok_decode(g)
-                        seen[row] = any(t in text for t in until)
-                        done = self._stop_final(text, until)
-                if not done:
-                    keep.append(k)
+            keep = [k for k, (row, tok) in enumerate(zip(active, nxt)) if not stops.add(row, tok)]
             self.stats["gen_tokens"] += len(active)
             if not keep:
                 break
@@ -1239,7 +1208,7 @@ class FastLM(TemplateLM):
                              use_cache=True, logits_to_keep=1, **kw)
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
-        return [postprocess_generated_text(self.tok_decode(g), until, None) for g in gen]
+        return stops.texts()
 
     def _static_greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, width: int) -> list[str]:
         """Greedy decode one batch with transformers' generate and a static KV cache (on CUDA

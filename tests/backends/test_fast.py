@@ -366,28 +366,23 @@ def test_generation_pad_waste_is_a_steps_fixed_cost_in_kv_reads(smol):
 
 
 def test_stop_check_on_the_tail_stops_at_the_same_step(smol, monkeypatch):
-    """Stop sequences are looked for in the text of a row's last tokens: the rows stop at the
-    same step as when the whole text is decoded at every step (a huge tail), with the same texts."""
+    """Stop sequences are looked for only after tokens that can end one, in the text of a row's
+    last tokens: the rows stop at the same step as when the whole text is decoded after every
+    token (a huge tail, no token skipped), with the same texts."""
     from evals.backends import fast as fast_mod
+    from evals.backends import stops
 
     model, tok = smol
     until = ["\n\n", "Q:", " plus", "."]
     prompts = [tok(p)["input_ids"] for p in GEN_PROMPTS]
     runs = []
-    for tail in (fast_mod.STOP_TAIL_TOKENS, 10 ** 6):
-        monkeypatch.setattr(fast_mod, "STOP_TAIL_TOKENS", tail)
+    for tail, skip in ((stops.STOP_TAIL_TOKENS, True), (10 ** 6, False)):
+        monkeypatch.setattr(stops, "STOP_TAIL_TOKENS", tail)
+        monkeypatch.setattr(fast_mod, "stop_free_ids", stops.stop_free_ids if skip else lambda *a: frozenset())
         lm = FastLM(model, tok, max_length=2048)
         runs.append((lm._greedy_batch(prompts, until, 40), lm.stats["gen_tokens"]))
     assert runs[0] == runs[1]
     assert runs[0][1] < 40 * len(prompts)  # some rows stopped early
-
-
-def test_stop_final_waits_for_longer_stop():
-    # "\n\n" is present but "a\n\nb" might still complete and cut earlier
-    assert not FastLM._stop_final("xa\n\n", ["a\n\nb", "\n\n"])
-    assert FastLM._stop_final("xa\n\nc", ["a\n\nb", "\n\n"])
-    assert FastLM._stop_final("hello\n\n", ["\n\n"])
-    assert not FastLM._stop_final("hello", ["\n\n"])
 
 
 def test_prefix_helpers():
