@@ -131,20 +131,24 @@ def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste
     """Generation batches as the fast backend plans them (per max_gen_toks: plan_generation,
     then run_batched's cuts at `budget_tokens` and `pad_waste`, shared prefixes read in
     place; clusters mixed in batches if `mix`, as on the CPU, not on CUDA): their number and
-    their decoding steps when every row runs to max_gen_toks."""
+    their decoding steps when every row runs to max_gen_toks; of these, the batches of a few-shot
+    cluster (or of mixed clusters), which read their prefix in place (prefix_attention), and
+    their steps."""
     from evals.backends.batching import TokenBudget, plan_batches
     from evals.backends.fast import GEN_PAD_RATIO, plan_generation
 
     by_gen: dict = {}
     for q, g in zip(prompts, gens):
         by_gen.setdefault(g, []).append(q)
-    batches = steps = 0
+    batches = steps = shared = shared_steps = 0
     for g, qs in by_gen.items():
         keys, _, lengths, pad = plan_generation(qs, g, True, pad_waste, budget_tokens if mix else 0)
         rule = TokenBudget(budget_tokens, max_pad_ratio=GEN_PAD_RATIO, max_pad_waste=pad_waste)
-        n = len(plan_batches(lengths, rule, keys, pad))
-        batches, steps = batches + n, steps + n * g
-    return {"gen_batches": batches, "decode_steps": steps}
+        cut = plan_batches(lengths, rule, keys, pad)
+        n, m = len(cut), sum(keys[b[0]] is not None for b in cut)
+        batches, steps, shared, shared_steps = batches + n, steps + n * g, shared + m, shared_steps + m * g
+    return {"gen_batches": batches, "decode_steps": steps, "gen_batches_prefix_in_place": shared,
+            "decode_steps_prefix_in_place": shared_steps}
 
 
 def floor_seconds(rec: dict, body: int, head: int, peak: float, mfu: float, bw: float, gen_batch: int,
@@ -191,6 +195,9 @@ def main(argv=None) -> int:
     p.add_argument("--mfu", type=float, default=0.4, help="assumed utilisation for the floor (default 0.4)")
     p.add_argument("--gen-batch", type=int, default=64, help="prompts decoded together (floor)")
     p.add_argument("--bench", action="append", default=[], help="bench_runner JSON with measured rates")
+    p.add_argument("--decode-step", default=None,
+                   help="bench_decode_step.py JSON: a step that reads its prefix in place costs the measured "
+                        "step cost times its operations over the expanded path's (default: the same cost)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     os.environ["PHI2EVAL_DATA_DIR"] = str(Path(args.data_dir).resolve())
@@ -227,6 +234,12 @@ def main(argv=None) -> int:
     peak, bw = DEVICES[args.device]
     per_task, per_kind, meta = measured_rates(args.bench)
     hf_task, hf_kind, _ = measured_rates(args.bench, "hf")
+    # the 25 ms step was measured before prefix attention; a step's launches scale with its operations
+    ops_ratio, ops_from = 1.0, None
+    if args.decode_step:
+        modes = json.loads(Path(args.decode_step).read_text())["modes"]
+        ops_ratio = modes["prefix read in place"]["ops_per_step"] / modes["prefix expanded to every row"]["ops_per_step"]
+        ops_from = args.decode_step
     rows, tot_floor, tot_meas, tot_hf, tot_launch = {}, 0.0, 0.0, 0.0, 0.0
     print(f"{'benchmark':<12}{'docs':>7}{'requests':>9}{'workload tok':>13}{'fast fwd tok':>13}{'TFLOP':>8}"
           f"{'floor s':>9}{'measured s':>11}{'hf s':>9}", flush=True)
@@ -234,7 +247,9 @@ def main(argv=None) -> int:
         _, insts = build_requests(name, 10**9, tm, None)
         rec = count_work(name, insts, lm, ratio, gen_plan)
         if "decode_steps" in rec:
-            rec["launch_bound_decode_s"] = round(rec["decode_steps"] * GPU_FORWARD_OVERHEAD_S, 1)
+            in_place = rec["decode_steps_prefix_in_place"]
+            rec["launch_bound_decode_s"] = round(
+                (rec["decode_steps"] - in_place + in_place * ops_ratio) * GPU_FORWARD_OVERHEAD_S, 1)
             tot_launch += rec["launch_bound_decode_s"]
         rec["floor_s"] = round(floor_seconds(rec, body, head, peak, args.mfu, bw, args.gen_batch, kv_bytes), 1)
         rate = per_task.get(name) or per_kind.get(rec["request_type"])
@@ -257,7 +272,11 @@ def main(argv=None) -> int:
           f"per cached token read per step, a shared prefix once per batch; generation at max_gen_toks)")
     print(f"decoding steps' fixed cost alone: {tot_launch / 60:.1f} min (the backend's generation batches on "
           f"{args.device}: budget {gen_plan[0]} tokens, padding allowance {gen_plan[1]}; every row to max_gen_toks; "
-          f"{GPU_FORWARD_OVERHEAD_S * 1000:.0f} ms per step as measured on an H200 on 2026-11-27)")
+          f"{GPU_FORWARD_OVERHEAD_S * 1000:.0f} ms per step as measured on an H200 on 2026-11-27"
+          + (f", {ops_ratio:.2f}x that where the prefix is read in place, as its operations per step ({ops_from})"
+             if ops_from else "") + ")")
+    print(f"  of {sum(r.get('decode_steps', 0) for r in rows.values())} steps, "
+          f"{sum(r.get('decode_steps_prefix_in_place', 0) for r in rows.values())} read a few-shot prefix in place")
     if per_task or per_kind:
         print(f"total from measured rates: fast {tot_meas / 60:.1f} min, hf {tot_hf / 60:.1f} min"
               + ("" if measured_all else " (some benchmarks unmeasured)"))
@@ -272,7 +291,8 @@ def main(argv=None) -> int:
         "bench_inputs": meta, "benchmarks": rows,
         "total_floor_s": round(tot_floor, 1),
         "gen_budget_tokens": gen_plan[0], "gen_pad_waste_tokens": gen_plan[1],
-        "step_fixed_cost_s": GPU_FORWARD_OVERHEAD_S, "total_launch_bound_decode_s": round(tot_launch, 1),
+        "step_fixed_cost_s": GPU_FORWARD_OVERHEAD_S, "step_ops_ratio_prefix_in_place": round(ops_ratio, 3),
+        "step_ops_ratio_from": ops_from, "total_launch_bound_decode_s": round(tot_launch, 1),
         "total_measured_s": round(tot_meas, 1) if per_task or per_kind else None,
         "total_measured_hf_s": round(tot_hf, 1) if per_task or per_kind else None,
         "measured_complete": measured_all if per_task or per_kind else False,

@@ -109,11 +109,15 @@ def test_generation_batches_are_those_the_backend_runs(embedded_model, monkeypat
 
     lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048, token_budget=budget)
     calls = []
-    monkeypatch.setattr(lm, "_greedy_batch", lambda prompts, *a: calls.append(len(prompts)) or [""] * len(prompts))
+    monkeypatch.setattr(lm, "_greedy_batch",
+                        lambda prompts, *a: calls.append((len(prompts), all(a[2]))) or [""] * len(prompts))
     reqs = [Instance(request_type="generate_until", doc={}, arguments=(c, {"until": ["\n"], "max_gen_toks": 8}),
                      idx=0, metadata=("t", i, 1)) for i, c in enumerate(CONTEXTS * 3)]
     lm.generate_until(reqs, disable_tqdm=True)
     plan = (lm.gen_budget.tokens, gen_pad_waste(lm.model, torch.device("cpu"), lm.gen_budget.tokens), True)  # CPU: mixed
     rec = project_suite.count_work("t", reqs, lm, gen_plan=plan)
     assert rec["gen_batches"] == len(calls) and rec["decode_steps"] == 8 * len(calls)
-    assert sum(calls) == len(reqs)
+    assert sum(n for n, _ in calls) == len(reqs)
+    # the batches whose every row belongs to a few-shot cluster read its prefix in place
+    in_place = sum(shared for _, shared in calls)
+    assert rec["gen_batches_prefix_in_place"] == in_place and rec["decode_steps_prefix_in_place"] == 8 * in_place
