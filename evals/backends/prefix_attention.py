@@ -14,6 +14,16 @@ up to itself. The prefill of the prompts' own tokens (many queries per row) runs
 SDPA over the prefix expanded for one layer at a time, which the next layer's expansion reuses
 the memory of; only the decoding steps, which read the cache again and again, read it once.
 
+A decoding step's attention (one query per row) runs as two fused attention kernels that also
+return each query's log-sum-exp (LSE): all rows' queries against the prefix, and each row's
+query against its own keys; the two results are merged by their LSEs (lse_prefix_attention),
+which is the same softmax over both parts. That is fewer operations per layer than the matrix
+products and softmax of prefix_attention (a GPU step is bound by launching operations) and
+faster on the CPU. Those kernels are PyTorch's own (its SDPA's flash kernel on the CPU, flash and
+memory-efficient kernels on CUDA, called directly, since SDPA does not return the LSE), so the
+first call on each device and dtype is checked against prefix_attention and the path is turned
+off there, with a warning, if they disagree or the kernels are missing (lse_ok).
+
 A batch may also mix several clusters (MultiPrefix, on the CPU): each row's queries then see
 only its own cluster's prefix; the scores against the rows' own keys are taken for all rows
 at once and those against each prefix for its rows, merged under one softmax per row
@@ -28,6 +38,7 @@ bypasses the interface is detected.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +50,12 @@ SHARED = "phi2eval_shared_prefix"
 PREFIX_KW = "phi2eval_prefix"
 # entries of one float32 score tensor (rows run in chunks of at most this many)
 SCORES_CHUNK = {"cpu": 1 << 24, "cuda": 1 << 27}
+# decoding steps through the LSE kernels (lse_prefix_attention); per (device type, dtype): None
+# until the first call has been checked against prefix_attention, then whether they agreed
+LSE_PATH: dict = {}
+LSE_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 3e-2}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,6 +99,17 @@ class Prefix:
             self._masks[key] = mask
         return self._masks[key]
 
+
+    def own_bias(self, L: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask [B, 1, 1, L] in `dtype` over the rows' own keys for a decoding step's
+        one query per row (its valid keys), in a buffer whose rows are 16-element aligned, as
+        the memory-efficient kernel wants; built once per step and shared by the layers."""
+        key = ("bias", L, dtype)
+        if key not in self._masks:
+            width = -(-L // 16) * 16
+            bias = torch.zeros(self.valid.shape[0], 1, 1, width, dtype=dtype, device=self.valid.device)[..., :L]
+            self._masks[key] = bias.masked_fill_(~self.valid[:, None, None, :L], float("-inf"))
+        return self._masks[key]
 
     def prefix_len(self) -> int:
         """Tokens of the prefix (the longest one, for MultiPrefix)."""
@@ -195,6 +223,74 @@ def _prefix_rows(query, key, value, kpt, vp, mask, scale: float) -> torch.Tensor
     return o.reshape(nb, H, q, -1).transpose(1, 2)
 
 
+def _attention_lse(query, key, value, bias, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output [N, h, m, dv], log-sum-exp of the scaled, biased scores [N, h, m], float32) of
+    attention for query [N, h, m, d] over key/value [N, h, n, d], `bias` an additive mask
+    broadcast to [N, h, m, n] or None, from PyTorch's fused kernels (NotImplementedError where
+    this device has none)."""
+    if query.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, False, attn_mask=bias, scale=scale)
+        return out, lse
+    if query.device.type == "cuda":
+        if bias is None:
+            res = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, False, False, scale=scale)
+        else:
+            res = torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, bias.expand(query.shape[0], query.shape[1], query.shape[2], -1), True, 0.0,
+                False, scale=scale)
+        return res[0], res[1][..., :query.shape[2]]
+    raise NotImplementedError(f"no fused attention kernel with log-sum-exp on {query.device.type}")
+
+
+def lse_prefix_attention(query, key, value, prefix_k, prefix_v, bias, scale: float) -> torch.Tensor:
+    """prefix_attention for one query per row (a decoding step) from two fused kernels: every
+    row's queries against the prefix's one copy ([1, kvH, S, d]: the rows' queries of one key
+    head stacked as one sequence) and each row's against its own keys (`bias`: Prefix.own_bias),
+    merged by their log-sum-exps: o = o_own + sigmoid(lse_pre - lse_own) (o_pre - o_own), the
+    softmax over both parts (in float32). Returns [B, 1, H, dv]."""
+    B, H, _, d = query.shape
+    kvH = key.shape[1]
+    rq = H // kvH
+    qg = query.reshape(B, kvH, rq, d)  # grouped-query heads of one key head as its queries
+    o_pre, lse_pre = _attention_lse(qg.transpose(0, 1).reshape(1, kvH, B * rq, d), prefix_k, prefix_v, None, scale)
+    o_own, lse_own = _attention_lse(qg, key, value, bias, scale)  # [B, kvH, rq, dv], [B, kvH, rq]
+    w = torch.sigmoid(lse_pre.view(kvH, B, rq).transpose(0, 1) - lse_own).unsqueeze(-1)
+    o_pre = o_pre.view(kvH, B, rq, -1).transpose(0, 1)
+    if o_own.dtype != torch.float32:
+        o_own, o_pre = o_own.float(), o_pre.float()
+    out = torch.lerp(o_own, o_pre, w).to(query.dtype)
+    return out.reshape(B, H, 1, -1).transpose(1, 2)
+
+
+def _decode_attention(query, key, value, pre: "Prefix", i: int, scale: float) -> torch.Tensor:
+    """A decoding step's attention in layer i under a single prefix: lse_prefix_attention where
+    it has been checked on this device and dtype (LSE_PATH; the first call is compared with
+    prefix_attention on its own inputs), else prefix_attention."""
+    state = (query.device.type, query.dtype)
+    L, S, rep = key.shape[2], pre.keys[i].shape[2], query.shape[1] // key.shape[1]
+    if LSE_PATH.get(state) is not False:
+        try:
+            out = lse_prefix_attention(query, key, value, pre.keys[i], pre.values[i], pre.own_bias(L, query.dtype), scale)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (NotImplementedError, RuntimeError) as exc:
+            LSE_PATH[state] = False
+            log.warning("fused attention with log-sum-exp unavailable on %s %s (%s); using matrix products",
+                        *state, str(exc).splitlines()[0][:200])
+        else:
+            if LSE_PATH.get(state):
+                return out
+            ref = _prefix_attention(query, key, value, *pre.layer(i), pre.own_mask(1, L, rep, S), scale)
+            diff = (out.float() - ref.float()).abs().max().item()
+            LSE_PATH[state] = diff <= LSE_TOLERANCE.get(query.dtype, 3e-2) * max(1.0, ref.float().abs().max().item())
+            if not LSE_PATH[state]:
+                log.warning("fused attention with log-sum-exp disagrees with the matrix products on %s %s "
+                            "(max abs diff %.2e); using matrix products", *state, diff)
+            return ref
+    return _prefix_attention(query, key, value, *pre.layer(i), pre.own_mask(1, L, rep, S), scale)
+
+
 def multi_prefix_attention(query, key, value, segments, scaling: float | None, own_mask: torch.Tensor) -> torch.Tensor:
     """Attention of a batch whose rows read different prefixes: `segments` lists (row indices,
     prefix keys [1, kvH, S, d], prefix values) and each row's queries see its own segment's
@@ -253,11 +349,9 @@ def prefix_attention_forward(module, query, key, value, attention_mask, **kwargs
     pk, pv = pre.keys[i], pre.values[i]
     pre.calls += 1
     if query.shape[2] == 1:  # a decoding step: the prefix is read once for all rows
-        rep = query.shape[1] // key.shape[1]
-        mask = pre.own_mask(1, key.shape[2], rep, pk.shape[2])
         scale = kwargs.get("scaling")
         scale = scale if scale is not None else query.shape[-1] ** -0.5
-        return _prefix_attention(query, key, value, *pre.layer(i), mask, scale), None
+        return _decode_attention(query, key, value, pre, i, scale), None
     # the prompts' own tokens (prefill): SDPA over the prefix expanded for this layer only
     B = query.shape[0]
     k = torch.cat([pk.expand(B, -1, -1, -1), key], dim=2)

@@ -85,3 +85,75 @@ def test_rows_of_several_prefixes_each_read_their_own(H, kvH):
         assert torch.allclose(got[b:b + 1], ref, atol=1e-5)
     pre.keep_rows([4, 1, 2])  # rows leave the batch: their segments follow
     assert pre.row_segment == [0, 0, 1] and [ix.tolist() for ix, _ in pre.rows_of] == [[0, 1], [2]]
+
+
+def _decode_inputs(H, kvH, seed=3):
+    torch.manual_seed(seed)
+    B, S, L, d = 4, 13, 9, 16
+    query = torch.randn(B, 1, H, d).transpose(1, 2)  # as the model passes it: [B, H, 1, d], strided
+    key, value = torch.randn(B, kvH, L, d), torch.randn(B, kvH, L, d)
+    pre = pa.Prefix([torch.randn(1, kvH, S, d)], [torch.randn(1, kvH, S, d)])
+    valid = torch.ones(B, L, dtype=torch.bool)
+    valid[1, :3] = False  # left padding
+    valid[3, :7] = False
+    pre.set_valid(valid)
+    return query, key, value, pre, d ** -0.5
+
+
+@pytest.mark.parametrize("H,kvH", [(4, 4), (6, 2), (4, 1)])
+def test_lse_merge_equals_prefix_attention(H, kvH):
+    """Two fused kernels (prefix, own keys) merged by their log-sum-exps give the softmax over both."""
+    query, key, value, pre, scale = _decode_inputs(H, kvH)
+    got = pa.lse_prefix_attention(query, key, value, pre.keys[0], pre.values[0], pre.own_bias(key.shape[2], query.dtype), scale)
+    ref = pa.prefix_attention(query, key, value, pre.keys[0], pre.values[0], pre.valid, scale)
+    assert got.shape == ref.shape == (4, 1, H, 16)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert _reference(query, key, value, pre.keys[0], pre.values[0], pre.valid).sub(got).abs().max() < 1e-5
+
+
+def test_own_bias_rows_are_aligned():
+    query, key, *_ , pre, _ = _decode_inputs(4, 4)
+    bias = pre.own_bias(key.shape[2], torch.float32)
+    assert bias.shape == (4, 1, 1, 9) and bias.stride(0) % 16 == 0
+    assert torch.isinf(bias[3, 0, 0, :7]).all() and (bias[3, 0, 0, 7:] == 0).all()
+
+
+class _Layer:
+    layer_idx = 0
+
+
+def _forward(query, key, value, pre, scale):
+    return pa.prefix_attention_forward(_Layer(), query, key, value, None, scaling=scale, **{pa.PREFIX_KW: pre})[0]
+
+
+def test_decoding_checks_the_fused_path_once_then_takes_it(monkeypatch):
+    monkeypatch.setattr(pa, "LSE_PATH", {})
+    calls = []
+    real = pa.lse_prefix_attention
+    monkeypatch.setattr(pa, "lse_prefix_attention", lambda *a: calls.append(1) or real(*a))
+    query, key, value, pre, scale = _decode_inputs(6, 2)
+    ref = pa.prefix_attention(query, key, value, pre.keys[0], pre.values[0], pre.valid, scale)
+    for _ in range(3):
+        assert torch.allclose(_forward(query, key, value, pre, scale), ref, atol=1e-5)
+    assert pa.LSE_PATH == {("cpu", torch.float32): True} and len(calls) == 3
+
+
+@pytest.mark.parametrize("broken", ["missing", "wrong"])
+def test_a_broken_fused_kernel_falls_back_to_matrix_products(monkeypatch, caplog, broken):
+    monkeypatch.setattr(pa, "LSE_PATH", {})
+    real = pa._attention_lse
+
+    def kernel(q, k, v, bias, scale):
+        if broken == "missing":
+            raise NotImplementedError("no such kernel here")
+        out, lse = real(q, k, v, bias, scale)
+        return out, lse + (1.0 if bias is None else 0.0)  # the prefix's log-sum-exp wrong: the merge weighs it wrongly
+
+    monkeypatch.setattr(pa, "_attention_lse", kernel)
+    query, key, value, pre, scale = _decode_inputs(4, 4)
+    ref = pa.prefix_attention(query, key, value, pre.keys[0], pre.values[0], pre.valid, scale)
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            assert torch.allclose(_forward(query, key, value, pre, scale), ref, atol=1e-6)
+    assert pa.LSE_PATH == {("cpu", torch.float32): False}
+    assert ("unavailable" if broken == "missing" else "disagrees") in caplog.text
