@@ -257,9 +257,10 @@ def lse_prefix_attention(query, key, value, prefix_k, prefix_v, bias, scale: flo
     o_own, lse_own = _attention_lse(qg, key, value, bias, scale)  # [B, kvH, rq, dv], [B, kvH, rq]
     w = torch.sigmoid(lse_pre.view(kvH, B, rq).transpose(0, 1) - lse_own).unsqueeze(-1)
     o_pre = o_pre.view(kvH, B, rq, -1).transpose(0, 1)
-    if o_own.dtype != torch.float32:
-        o_own, o_pre = o_own.float(), o_pre.float()
-    out = torch.lerp(o_own, o_pre, w).to(query.dtype)
+    if o_own.dtype == torch.float32:
+        out = torch.lerp(o_own, o_pre, w)
+    else:
+        out = torch.lerp(o_own.float(), o_pre.float(), w).to(o_own.dtype)
     return out.reshape(B, H, 1, -1).transpose(1, 2)
 
 
