@@ -88,7 +88,7 @@ def measure(lm, prompts, device, short: int, long: int, repeats: int) -> dict:
     return {"ops_per_step": round(sum(per_step.values()), 1),
             "kernel_ops_per_step": round(sum(v for k, v in per_step.items() if k not in VIEWS), 1),
             "ms_per_step": round((t_long - t_short) / (long - short) * 1e3, 2),
-            "top_ops": {k: round(v, 2) for k, v in sorted(per_step.items(), key=lambda kv: -kv[1])[:12] if v}}
+            "ops": {k: round(v, 2) for k, v in sorted(per_step.items(), key=lambda kv: -kv[1]) if v}}
 
 
 def main(argv=None) -> int:
@@ -131,6 +131,10 @@ def main(argv=None) -> int:
         lm._shared_decode = in_place
         row = record["modes"][label] = measure(lm, prompts, dev, args.short, args.long, args.repeats)
         row["in_place_batches"] = lm.stats.get("gen_prefix_in_place_batches", 0)
+        if in_place:  # whether the fused attention kernels passed their check here (prefix_attention.LSE_PATH)
+            pa = sys.modules[cls.__module__.rsplit(".", 1)[0] + ".prefix_attention"]
+            state = getattr(pa, "LSE_PATH", {})
+            row["fused_attention"] = {f"{d} {str(t).replace('torch.', '')}": v for (d, t), v in state.items()}
         print(f"{label:<40}{row['ops_per_step']:>10}{row['kernel_ops_per_step']:>10}{row['ms_per_step']:>10}", flush=True)
     base = record["modes"]["prefix expanded to every row"]
     for label, row in record["modes"].items():

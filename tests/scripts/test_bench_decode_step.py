@@ -27,9 +27,10 @@ def test_modes_read_the_prefix_as_named(tmp_path):
     rec = json.loads(out.read_text())
     expanded, in_place = rec["modes"]["prefix expanded to every row"], rec["modes"]["prefix read in place"]
     assert expanded["in_place_batches"] == 0 and in_place["in_place_batches"] > 0
-    # the in-place step calls the prefix attention's matrix products; SDPA runs the expanded one
-    assert in_place["top_ops"].get("aten::matmul", 0) > 0 and "aten::matmul" not in expanded["top_ops"]
+    # the in-place step merges two fused kernels' outputs; SDPA alone runs the expanded one
+    assert in_place["ops"].get("aten::lerp", 0) > 0 and "aten::lerp" not in expanded["ops"]
     assert expanded["kernel_ops_per_step"] < expanded["ops_per_step"] and expanded["ms_per_step"] > 0
+    assert in_place["fused_attention"] == {"cpu float32": True}  # the fused kernels passed their check
 
 
 def test_old_revision_runs_its_own_modules():
