@@ -14,7 +14,7 @@ generation, how many texts differ).
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import re

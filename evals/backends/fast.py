@@ -97,8 +97,8 @@ from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.packed_attention import supports as supports_packed
 from evals.backends.prefix_attention import PREFIX_KW, MultiPrefix, Prefix, cache_kv, shared_prefix
 from evals.backends.prefix_attention import supports as supports_shared_prefix
-from evals.backends.stops import StopCheck, stop_free_ids
 from evals.backends.prefix_trie import ancestor_mask, build_row, pack_rows
+from evals.backends.stops import StopCheck, stop_free_ids
 
 log = logging.getLogger(__name__)
 
