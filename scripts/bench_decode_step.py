@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
 
+# the modes' names in the record (project_suite.py --decode-step reads them)
+EXPANDED, IN_PLACE = "prefix expanded to every row", "prefix read in place"
 # operations that make a view (or nothing) and launch no kernel
 VIEWS = {"aten::" + n for n in ("slice", "transpose", "view", "unsqueeze", "squeeze", "select", "expand",
                                "as_strided", "detach", "detach_", "lift_fresh", "alias", "t", "permute",
@@ -111,13 +113,13 @@ def main(argv=None) -> int:
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     model, tok, info = load(args.model, args.device, dtype)
     prompts = prompts_with_prefix(tok, args.rows, args.prefix)
-    modes = [("prefix expanded to every row", FastLM, False), ("prefix read in place", FastLM, True)]
+    modes = [(EXPANDED, FastLM, False), (IN_PLACE, FastLM, True)]
     rev = None
     if args.rev:
         from bench_backend_ab import load_old_fastlm, resolve_rev
 
         rev = resolve_rev(args.rev)
-        modes.append((f"prefix read in place at {rev}", load_old_fastlm(rev), True))
+        modes.append((f"{IN_PLACE} at {rev}", load_old_fastlm(rev), True))
     dev = torch.device(args.device)
     record = {"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "commit": git_commit(), "rev": rev, "model": args.model, "dtype": dtype,
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
             state = getattr(pa, "LSE_PATH", {})
             row["fused_attention"] = {f"{d} {str(t).replace('torch.', '')}": v for (d, t), v in state.items()}
         print(f"{label:<40}{row['ops_per_step']:>10}{row['kernel_ops_per_step']:>10}{row['ms_per_step']:>10}", flush=True)
-    base = record["modes"]["prefix expanded to every row"]
+    base = record["modes"][EXPANDED]
     for label, row in record["modes"].items():
         row["ops_vs_expanded"] = round(row["ops_per_step"] / base["ops_per_step"], 3)
         row["ms_vs_expanded"] = round(row["ms_per_step"] / base["ms_per_step"], 3)

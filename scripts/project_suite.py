@@ -237,8 +237,10 @@ def main(argv=None) -> int:
     # the 25 ms step was measured before prefix attention; a step's launches scale with its operations
     ops_ratio, ops_from = 1.0, None
     if args.decode_step:
+        from bench_decode_step import EXPANDED, IN_PLACE
+
         modes = json.loads(Path(args.decode_step).read_text())["modes"]
-        ops_ratio = modes["prefix read in place"]["ops_per_step"] / modes["prefix expanded to every row"]["ops_per_step"]
+        ops_ratio = modes[IN_PLACE]["ops_per_step"] / modes[EXPANDED]["ops_per_step"]
         ops_from = args.decode_step
     rows, tot_floor, tot_meas, tot_hf, tot_launch = {}, 0.0, 0.0, 0.0, 0.0
     print(f"{'benchmark':<12}{'docs':>7}{'requests':>9}{'workload tok':>13}{'fast fwd tok':>13}{'TFLOP':>8}"

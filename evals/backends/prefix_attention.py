@@ -183,7 +183,7 @@ def prefix_attention(query, key, value, prefix_k, prefix_v, valid, scaling: floa
     kvH, L, S = key.shape[1], key.shape[2], prefix_k.shape[2]
     rep = H // kvH
     scale = scaling if scaling is not None else d ** -0.5
-    if own_mask is None or own_mask.shape[-1] != S + L:
+    if own_mask is None:
         own_mask = Prefix([], [], valid).own_mask(q, L, rep, S)  # [B, 1, rep * q, S + L]
     return _prefix_attention(query, key, value, prefix_k[0].transpose(-1, -2), prefix_v[0], own_mask, scale)
 
@@ -270,6 +270,7 @@ def _decode_attention(query, key, value, pre: "Prefix", i: int, scale: float) ->
     prefix_attention on its own inputs), else prefix_attention."""
     state = (query.device.type, query.dtype)
     L, S, rep = key.shape[2], pre.keys[i].shape[2], query.shape[1] // key.shape[1]
+    out = None
     if LSE_PATH.get(state) is not False:
         try:
             out = lse_prefix_attention(query, key, value, pre.keys[i], pre.values[i], pre.own_bias(L, query.dtype), scale)
@@ -279,17 +280,16 @@ def _decode_attention(query, key, value, pre: "Prefix", i: int, scale: float) ->
             LSE_PATH[state] = False
             log.warning("fused attention with log-sum-exp unavailable on %s %s (%s); using matrix products",
                         *state, str(exc).splitlines()[0][:200])
-        else:
-            if LSE_PATH.get(state):
-                return out
-            ref = _prefix_attention(query, key, value, *pre.layer(i), pre.own_mask(1, L, rep, S), scale)
-            diff = (out.float() - ref.float()).abs().max().item()
-            LSE_PATH[state] = diff <= LSE_TOLERANCE.get(query.dtype, 3e-2) * max(1.0, ref.float().abs().max().item())
-            if not LSE_PATH[state]:
-                log.warning("fused attention with log-sum-exp disagrees with the matrix products on %s %s "
-                            "(max abs diff %.2e); using matrix products", *state, diff)
-            return ref
-    return _prefix_attention(query, key, value, *pre.layer(i), pre.own_mask(1, L, rep, S), scale)
+        if LSE_PATH.get(state):
+            return out
+    ref = _prefix_attention(query, key, value, *pre.layer(i), pre.own_mask(1, L, rep, S), scale)
+    if out is not None:  # the first call here: keep the fused path if it agrees
+        diff = (out.float() - ref.float()).abs().max().item()
+        LSE_PATH[state] = diff <= LSE_TOLERANCE.get(query.dtype, 3e-2) * max(1.0, ref.float().abs().max().item())
+        if not LSE_PATH[state]:
+            log.warning("fused attention with log-sum-exp disagrees with the matrix products on %s %s "
+                        "(max abs diff %.2e); using matrix products", *state, diff)
+    return ref
 
 
 def multi_prefix_attention(query, key, value, segments, scaling: float | None, own_mask: torch.Tensor) -> torch.Tensor:
