@@ -59,6 +59,7 @@ def _run_options(args, limit):
     return RunOptions(model=args.model, limit=limit, data_dir=args.data_dir, output_dir=args.output_dir,
                       backend=args.backend, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                       max_gen_toks=args.max_gen_toks, static_cache=args.static_cache,
+                      cuda_graphs=args.cuda_graphs,
                       cache=not args.no_cache, cache_dir=args.cache_dir)
 
 
@@ -116,6 +117,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="fast backend: greedy generation through transformers' generate with a static KV cache, "
                         "which transformers compiles (torch.compile, CUDA graphs) on CUDA; same text, first "
                         "batches pay the compile time")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="fast backend: greedy decoding steps under a shared few-shot prefix replayed as CUDA "
+                        "graphs (one launch per step instead of thousands); not yet measured on a GPU")
     _add_cache_dir(p)
     p.add_argument("--no-cache", action="store_true",
                    help="neither reuse nor store finished requests (default: cache them, so a rerun resumes)")

@@ -33,13 +33,15 @@ class RunOptions:
     batch_size: int | None = None
     max_gen_toks: int | None = None  # overrides every generative task's limit (recorded); None: the YAML's
     static_cache: bool = False  # fast backend: greedy generation with a static KV cache (compiled on CUDA)
+    cuda_graphs: bool = False  # fast backend: decoding steps under a shared prefix as CUDA graphs (graph_decode.py)
     cache: bool = True  # reuse/store finished requests in the request cache (evals/cache.py)
     cache_dir: Path | None = None  # default .cache/phi2eval or $PHI2EVAL_CACHE_DIR
 
 
 def backend_label(opts: RunOptions) -> str:
-    """The backend as results and the request cache record it ('fast', 'hf', 'fast+static-cache')."""
-    return opts.backend + ("+static-cache" if opts.static_cache else "")
+    """The backend as results and the request cache record it ('fast', 'hf', 'fast+static-cache',
+    'fast+cuda-graphs')."""
+    return opts.backend + ("+static-cache" if opts.static_cache else "") + ("+cuda-graphs" if opts.cuda_graphs else "")
 
 
 def use_data_dir(data_dir: Path | None) -> Path | None:
@@ -104,7 +106,7 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     from evals.models import load_model, resolve, slug
 
     benches = config.select(names)
-    check_options(opts.backend, opts.static_cache)
+    check_options(opts.backend, opts.static_cache, opts.cuda_graphs)
     source = resolve(opts.model)  # an unknown model fails before any data is read
     world = distributed.world_from_env()
     if world.local_size > 1 and source.get("device_map"):
@@ -124,7 +126,7 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     log(f"phi2eval: loaded {loaded.info['name']} ({loaded.info['source']}) on {loaded.info['device']} "
         f"{loaded.info['dtype']} in {time.time() - t0:.1f} s; backend {backend_label(opts)}{procs}")
     inner = make_lm(opts.backend, loaded, batch_size=opts.batch_size, max_gen_toks=opts.max_gen_toks or DEFAULT_MAX_GEN_TOKS,
-                    static_cache=opts.static_cache)
+                    static_cache=opts.static_cache, cuda_graphs=opts.cuda_graphs)
     store = open_cache(opts, loaded.info, inner, world, log) if opts.cache else None
     counter = request_cache.CachedLM(inner, store)
     lm = distributed.DistributedLM(counter, world) if world.size > 1 else counter

@@ -6,8 +6,10 @@ On a GPU a decoding step is bound by launching kernels (23-25 ms for Phi-2 on an
 2026-11-27, whatever the rows), so besides timing a step this counts the operations it
 dispatches: ATen operations called from Python (torch profiler), and those of them that are
 not views (each launches at least one kernel on a GPU). Modes: the prefix expanded to every
-row (the model's SDPA), the prefix read in place (prefix_attention), and with --rev the
-in-place path of an older revision of the backend (loaded as bench_backend_ab.py does).
+row (the model's SDPA), the prefix read in place (prefix_attention), the same with its steps
+replayed as CUDA graphs (graph_decode.py: on a GPU a replay dispatches no operation from Python;
+on the CPU the fixed-shape steps run eagerly, reading the whole reserved cache), and with --rev
+the in-place path of an older revision of the backend (loaded as bench_backend_ab.py does).
 A step's time is the difference between a long and a short decode of the same batch, divided
 by the extra steps, best of --repeats.
 
@@ -37,6 +39,7 @@ import torch  # noqa: E402
 
 # the modes' names in the record (project_suite.py --decode-step reads them)
 EXPANDED, IN_PLACE = "prefix expanded to every row", "prefix read in place"
+GRAPHS = "prefix read in place, CUDA graph steps"  # graph_decode.py (on the CPU: its fixed-shape steps, eager)
 # operations that make a view (or nothing) and launch no kernel
 VIEWS = {"aten::" + n for n in ("slice", "transpose", "view", "unsqueeze", "squeeze", "select", "expand",
                                "as_strided", "detach", "detach_", "lift_fresh", "alias", "t", "permute",
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     model, tok, info = load(args.model, args.device, dtype)
     prompts = prompts_with_prefix(tok, args.rows, args.prefix)
-    modes = [(EXPANDED, FastLM, False), (IN_PLACE, FastLM, True)]
+    modes = [(EXPANDED, FastLM, False), (IN_PLACE, FastLM, True), (GRAPHS, FastLM, True)]
     rev = None
     if args.rev:
         from bench_backend_ab import load_old_fastlm, resolve_rev
@@ -129,10 +132,14 @@ def main(argv=None) -> int:
     print(f"{args.model} {dtype} on {record['device_name']}: {args.rows} rows, a prefix of {args.prefix} tokens")
     print(f"{'mode':<40}{'ops/step':>10}{'non-view':>10}{'ms/step':>10}")
     for label, cls, in_place in modes:
-        lm = cls(model, tok, max_length=int(info.get("max_length") or 2048))
+        extra = {"cuda_graphs": True} if label == GRAPHS else {}
+        lm = cls(model, tok, max_length=int(info.get("max_length") or 2048), **extra)
         lm._shared_decode = in_place
         row = record["modes"][label] = measure(lm, prompts, dev, args.short, args.long, args.repeats)
         row["in_place_batches"] = lm.stats.get("gen_prefix_in_place_batches", 0)
+        if label == GRAPHS:  # steps run as fixed-shape steps, and how many of them were graph replays
+            row["graph_steps"] = lm.stats.get("gen_graph_steps", 0)
+            row["graph_replays"] = lm.stats.get("gen_graph_replays", 0)
         if in_place:  # whether the fused attention kernels passed their check here (prefix_attention.LSE_PATH)
             pa = sys.modules[cls.__module__.rsplit(".", 1)[0] + ".prefix_attention"]
             state = getattr(pa, "LSE_PATH", {})

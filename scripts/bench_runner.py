@@ -291,6 +291,8 @@ def main(argv=None) -> int:
     p.add_argument("--token-budget", type=int, default=None, help="FastLM token budget (default: auto)")
     p.add_argument("--static-cache", action="store_true",
                    help="fast backend: greedy generation with a static KV cache (transformers compiles it on CUDA)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="fast backend: decoding steps under a shared prefix replayed as CUDA graphs (graph_decode.py)")
     p.add_argument("--expanded-prefix", action="store_true",
                    help="fast backend: copy a shared few-shot prefix's KV cache to every decoding row (the "
                         "behaviour before prefix_attention.py), to compare with reading it once per batch")
@@ -317,7 +319,8 @@ def main(argv=None) -> int:
     load_s = time.time() - t0
     max_len = int(info.get("max_length") or 2048)
     hf = HFLM(pretrained=model, tokenizer=tok, batch_size=args.hf_batch_size, max_length=max_len, device=args.device)
-    fast = FastLM(model, tok, max_length=max_len, token_budget=args.token_budget, static_cache=args.static_cache)
+    fast = FastLM(model, tok, max_length=max_len, token_budget=args.token_budget, static_cache=args.static_cache,
+                  cuda_graphs=args.cuda_graphs)
     if args.expanded_prefix:
         fast.shared_prefix_decode = fast._shared_decode = False
     emb = model.get_input_embeddings().weight.numel()
@@ -341,7 +344,8 @@ def main(argv=None) -> int:
         "fast_sdpa_kernels": ("no-cudnn" if os.environ.get(SDPA_ENV) != "default" else "pytorch-default")
         if args.device.startswith("cuda") else "cpu",
         "dtype": args.dtype, "torch_threads": torch.get_num_threads(), "hf_batch_size": args.hf_batch_size, "fast_token_budget": fast.budget.tokens,
-        "fast_static_cache": args.static_cache, "fast_prefix_in_place": fast._shared_decode,
+        "fast_static_cache": args.static_cache, "fast_cuda_graphs": args.cuda_graphs,
+        "fast_prefix_in_place": fast._shared_decode,
         "limit": args.limit, "repeats": args.repeats, "model_load_s": round(load_s, 1),
         "matmul_params": n_params, "lm_head_params": head_params,
         "bf16_peak_tflops_spec": (peak_flops(args.device) or 0) / 1e12 or None,

@@ -8,7 +8,8 @@
 #   run(command="OUT=$OUT bash scripts/gpu_bench.sh", carry=[".gpu"], timeout_s=540)   # device tool
 #
 # The machine has torch + transformers; the rest comes from .gpu/ (see gpu_prep.sh).
-# BENCH_STEPS picks steps (default smoke,mc,gen; also decodestep, probe, genbbh, genexpanded, genstatic, fp32).
+# BENCH_STEPS picks steps (default smoke,mc,gen; also decodestep, probe, gengraph, genbbh, genexpanded,
+# genstatic, fp32). Next GPU session: BENCH_STEPS=smoke,decodestep,mc,gen,gengraph,genbbh,genstatic
 # BENCH_DEVICE=cpu BENCH_SCALE=smoke BENCH_MODEL=random:tiny-phi rehearse it on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -80,7 +81,8 @@ fi
 [ "$SCALE" = smoke ] && exit 0
 
 # --- decodestep: one greedy decoding step (64 rows, a 900-token few-shot prefix): operations
-# dispatched and ms, the prefix read in place (prefix_attention) vs expanded to every row
+# dispatched and ms, the prefix read in place (prefix_attention) vs expanded to every row, and
+# the in-place step replayed as a CUDA graph (graph_decode.py; graph_replays > 0 if it captured)
 if step decodestep; then
   timeout 120 python3 scripts/bench_decode_step.py --model "$MODEL" --device "$DEVICE" --rows 64 --prefix 900 \
     --repeats 2 --out "$OUTDIR/gpu_phi2_decode_step.json" 2>&1 | grep -v -E "USDT|Warning"
@@ -104,6 +106,12 @@ if step gen; then
   bench 150 gpu_phi2_gsm8k.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256
 fi
 
+# --- gengraph: the same generation with --cuda-graphs (decoding steps under the shared
+# 8-shot prefix replayed as CUDA graphs, graph_decode.py); compare its fast docs/s with gen's
+if step gengraph; then
+  bench 150 gpu_phi2_gsm8k_graphs.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 --cuda-graphs
+fi
+
 # --- genbbh: BBH, the first GENBBH_LIMIT (10) prompts of each of its 27 tasks, fast backend only,
 # 512 tokens: the clusters of 10 join the pool (their prefixes copied to the rows), 388k tokens
 # of KV cache in three batches, two of them filling the generation budget (half the free memory,
@@ -111,7 +119,7 @@ fi
 # peak memory and the prefill passes; the wall time is printed
 if step genbbh; then
   t0=$(date +%s)
-  timeout 150 python3 -m evals.cli run bbh --model "$MODEL" --device "$DEVICE" --limit "${GENBBH_LIMIT:-10}" --no-cache \
+  timeout 150 python3 -m evals.cli run bbh --model "$MODEL" --device "$DEVICE" --limit "${GENBBH_LIMIT:-10}" --no-cache ${GENBBH_FLAGS:-} \
     --output-dir "$OUTDIR/genbbh" 2>&1 | grep --line-buffered -v -E "it/s\]|examples/s\]|Custom kwargs|metadata="
   echo "genbbh: rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 ))s after $(elapsed)s"
 fi

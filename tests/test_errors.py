@@ -177,6 +177,25 @@ def test_static_cache_needs_the_fast_backend(world, capsys):
     assert "--static-cache is an option of the fast backend, not hf: drop it or use --backend fast" in err
 
 
+@pytest.mark.parametrize("args,message", [
+    (("--backend", "hf", "--cuda-graphs"), "--cuda-graphs is an option of the fast backend, not hf"),
+    (("--static-cache", "--cuda-graphs"), "--static-cache and --cuda-graphs are two ways of decoding: pick one"),
+])
+def test_cuda_graphs_needs_the_fast_backend_without_static_cache(world, capsys, args, message):
+    assert message in fails(world, capsys, "arc_easy", *args)
+
+
+def test_cuda_graphs_reaches_the_backend_and_is_recorded(world, monkeypatch):
+    seen = {}
+    fake_model(monkeypatch, ShortContextLM())
+    monkeypatch.setattr("evals.backends.make_lm", lambda *a, **k: seen.update(k) or ShortContextLM())
+    assert cli.main(["run", "arc_easy", "--output-dir", str(world["out"]), "--cuda-graphs"]) == 0
+    from evals.results import read_result
+
+    assert seen["cuda_graphs"] is True and seen["static_cache"] is False
+    assert read_result(world["earlier"])["model"]["backend"] == "fast+cuda-graphs"
+
+
 def test_static_cache_reaches_the_backend_and_is_recorded(world, monkeypatch):
     seen = {}
     fake_model(monkeypatch, ShortContextLM())

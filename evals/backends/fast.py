@@ -92,6 +92,7 @@ from evals.backends.batching import (
     plan_batches,
     run_batched,
 )
+from evals.backends import graph_decode
 from evals.backends.lm_head import HeadScorer
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.packed_attention import supports as supports_packed
@@ -639,13 +640,16 @@ class FastLM(TemplateLM):
         token_budget: int | None = None,
         max_gen_toks: int = 256,
         static_cache: bool = False,
+        cuda_graphs: bool = False,
         **kwargs: Any,
     ) -> None:
         """`batch_size` (int) caps rows per batch (1: also rows of one context each, so results do
         not depend on the other documents of the run); `token_budget` caps padded tokens per batch
         (default: from free CUDA memory, or a fixed CPU default). `model` may also be a path
         or hub id (lm-eval's `pretrained=`), loaded with AutoModelForCausalLM. `static_cache`:
-        greedy generation through transformers' generate with a static KV cache (compiled on CUDA)."""
+        greedy generation through transformers' generate with a static KV cache (compiled on CUDA).
+        `cuda_graphs`: decoding steps under a shared prefix replayed as CUDA graphs (graph_decode.py;
+        on the CPU the same fixed-shape steps run eagerly)."""
         super().__init__()
         model = model if model is not None else kwargs.pop("pretrained", None)
         if isinstance(model, str):
@@ -667,6 +671,7 @@ class FastLM(TemplateLM):
         self._max_gen_toks = int(max_gen_toks)
         self.static_cache = str(static_cache).lower() in ("1", "true", "yes")
         self._static_shapes: set[tuple[int, int, int]] = set()  # (rows, width, max_gen) run so far
+        self.cuda_graphs = str(cuda_graphs).lower() in ("1", "true", "yes")
         if self.static_cache and self._device.type == "cuda":
             # transformers compiles one graph per batch shape; the default limit (8) would send
             # later shapes of a suite back to eager
@@ -1186,6 +1191,16 @@ class FastLM(TemplateLM):
         kw = {self._cache_kw: cache, **({PREFIX_KW: pre} if pre is not None else {})}
         # stop sequences are looked for only where one can newly appear (stops.py)
         stops = StopCheck(B, self.tok_decode, until, self._eos_ids(), max_gen, stop_free_ids(self.tokenizer, until))
+        sdpa = getattr(self.model.config, "_attn_implementation", None) == "sdpa"
+        if self.cuda_graphs and (type(pre) is Prefix or (pre is None and sdpa)):  # fixed-shape steps, CUDA graphs
+
+            def forward(ids, pos, valid):
+                # without a prefix read in place, SDPA takes the columns to see as a 4-D mask
+                return self.model(input_ids=ids, attention_mask=None if pre is not None else valid[:, None, None, :],
+                                  position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
+
+            if graph_decode.decode(forward, logits, cache, mask, next_pos, pre, stops, max_gen, self.stats):
+                return stops.texts()
         active = list(range(B))  # original row of each live batch row
         while True:
             nxt = logits.argmax(-1).tolist()

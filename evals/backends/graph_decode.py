@@ -1,0 +1,227 @@
+"""Greedy decoding steps replayed as CUDA graphs.
+
+A GPU decoding step is bound by launching its kernels: Phi-2's 32 layers dispatch about 2,200
+operations per step, and a step took 23-25 ms on an H200 (2026-11-27) whatever the rows. A CUDA
+graph records a step's kernels once and launches them all at once on every replay. It replays
+the same kernels on the same memory, so every tensor a step reads or writes must stay at one
+address and keep its shape, and nothing may be decided on the host within a step:
+
+* the rows' KV cache is the buffer reserved for the whole decode (fast.ReservedLayer), read
+  whole, [rows, kv heads, T, d] with T = its prompt columns + max_gen - 1; each step writes its
+  keys and values at column `col`, a one-element device tensor advanced inside the graph
+  (GraphLayer), not at a Python index;
+* the mask of the columns each row sees, `valid` [rows, T], gets column `col` set inside the
+  graph; the attention reads all T columns, those not written yet (and left padding) masked out:
+  under a shared few-shot prefix read in place through prefix_attention's decoding path (which
+  reads the prefix's one copy for all rows), otherwise through the model's SDPA with `valid` as
+  its 4-D mask (a prefix copied into the rows' cache, or none);
+* the next token (argmax) is written into the step's input inside the graph: the host reads the
+  tokens only, for the stop checks;
+* finished rows stay in the batch until half of it has finished; then the live rows move to the
+  front of the buffers, in place, and the step is captured again for fewer rows.
+
+Each batch shape runs GRAPH_WARMUP steps eagerly (on a side stream, as CUDA graphs want), then
+captures one step and replays it. A capture that fails turns graphs off for the process (with a
+warning); the steps then run eagerly, with the same results. On the CPU there are no graphs and
+the same steps run eagerly; the tests replay them through a CPU stand-in for a CUDA graph that
+re-runs the recorded operations on the same tensors (tests/backends/graph_emulator.py), which
+gives wrong text wherever a step would bake a host value into a graph.
+
+A batch mixing several clusters' prefixes (MultiPrefix, on the CPU only) decodes as before.
+Opt-in (`cuda_graphs=True`, `--cuda-graphs`) until a GPU run has measured it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+GRAPH_WARMUP = 1  # eager steps per batch shape before its capture
+# per device type: False once a capture has failed there (graphs off for the process)
+GRAPHS_OK: dict[str, bool] = {}
+
+try:  # transformers >= 4.56: caches made of per-layer objects
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # pragma: no cover - older transformers: no graph steps
+    DynamicLayer = None
+
+
+if DynamicLayer is not None:
+
+    class GraphLayer(DynamicLayer):
+        """A cache layer (from a fast.ReservedLayer) whose keys and values are the whole reserved
+        buffers; update writes the step's key and value at column `col` (a device tensor of one
+        element, shared by the layers) and returns the whole buffers."""
+
+        col: torch.Tensor
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            self._kbuf.index_copy_(2, self.col, key_states)
+            self._vbuf.index_copy_(2, self.col, value_states)
+            return self._kbuf, self._vbuf
+
+
+def graph_layers(cache, width: int) -> list | None:
+    """The layers of `cache` if every one is a fast.ReservedLayer holding its keys in a buffer of
+    at least `width` tokens (one step's keys may be written at any column below it); else None."""
+    layers = getattr(cache, "layers", None)
+    if DynamicLayer is None or not layers:
+        return None
+    for layer in layers:
+        in_buffer = getattr(layer, "_in_buffer", None)
+        if not callable(in_buffer) or not in_buffer() or layer._kbuf.shape[-2] < width:
+            return None
+    return list(layers)
+
+
+class GraphStep:
+    """One decoding step on fixed tensors: `forward(ids, pos, valid)` runs the model on the rows'
+    next token ids [B, 1] and positions [B, 1] with the batch's cache, each row seeing the cache
+    columns `valid` [B, T] marks (through `pre`, a prefix_attention.Prefix read in place, or as
+    the attention mask where `pre` is None) and returns its output; the step writes the argmax
+    token into `ids` and advances `col` and `pos`. `filled`: cache columns written so far (host side)."""
+
+    def __init__(self, forward: Callable, layers: list, pre, logits: torch.Tensor, mask: torch.Tensor,
+                 next_pos: torch.Tensor):
+        B, n = mask.shape
+        dev = mask.device
+        self.forward, self.layers, self.pre = forward, layers, pre
+        self.col = torch.full((1,), n, dtype=torch.long, device=dev)
+        for layer in layers:
+            layer.__class__ = GraphLayer
+            layer.col = self.col
+            layer.keys, layer.values = layer._kbuf, layer._vbuf
+        T = layers[0]._kbuf.shape[-2]
+        self.valid = torch.zeros(B, T, dtype=torch.bool, device=dev)
+        self.valid[:, :n] = mask.bool()
+        self.ids = logits.argmax(-1, keepdim=True)
+        self.pos = next_pos.clone()
+        self.filled = n
+
+    @property
+    def rows(self) -> int:
+        """Rows in the batch (live or finished)."""
+        return self.ids.shape[0]
+
+    def __call__(self) -> None:
+        """One step (eager, or being captured)."""
+        if self.pre is not None:
+            self.pre.set_valid(self.valid)  # masks built from it are rebuilt within the step
+        self.valid.index_fill_(1, self.col, True)
+        out = self.forward(self.ids, self.pos, self.valid)
+        self.ids.copy_(out.logits[:, -1, :].argmax(-1, keepdim=True))
+        self.col.add_(1)
+        self.pos.add_(1)
+
+    def compact(self, order: list[int]) -> None:
+        """Keep rows `order` (fast.compact_order: the rows past len(order) move into the holes),
+        moving only the written columns of the moved rows, in place."""
+        m = len(order)
+        moved = [i for i, r in enumerate(order) if r != i]
+        dev = self.ids.device
+        if moved:
+            dst = torch.tensor(moved, device=dev)
+            src = torch.tensor([order[i] for i in moved], device=dev)
+            for layer in self.layers:
+                layer._kbuf[dst, :, :self.filled] = layer._kbuf[src, :, :self.filled]
+                layer._vbuf[dst, :, :self.filled] = layer._vbuf[src, :, :self.filled]
+        for layer in self.layers:
+            layer._kbuf, layer._vbuf = layer._kbuf[:m], layer._vbuf[:m]
+            layer.keys, layer.values = layer._kbuf, layer._vbuf
+        sel = torch.tensor(order, device=dev)
+        self.valid, self.ids, self.pos = self.valid[sel], self.ids[sel], self.pos[sel]
+        if self.pre is not None:
+            self.pre.keep_rows(order)
+
+
+def capture(step: Callable[[], None], device: torch.device, pool) -> Callable[[], None] | None:
+    """`step` captured as a CUDA graph (on a CUDA `device`); returns its replay, or None where
+    there are no graphs (the caller runs the step eagerly). Nothing of the step runs here."""
+    if device.type != "cuda":
+        return None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        step()
+    return graph.replay
+
+
+def _eager(step: Callable[[], None], device: torch.device) -> None:
+    """Run `step` once eagerly; on CUDA on a side stream (a graph's warm-up wants one)."""
+    if device.type != "cuda":
+        step()
+        return
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
+class StepRunner:
+    """Runs a GraphStep once per call: GRAPH_WARMUP times eagerly, then captured (capture) and
+    replayed. `pool`: a CUDA graph memory pool shared by a batch's graphs (None: a new one)."""
+
+    def __init__(self, step: GraphStep, device: torch.device, stats: dict, pool=None):
+        self.step, self.device, self.stats, self.pool = step, device, stats, pool
+        self.warm = GRAPH_WARMUP
+        self.replay: Callable[[], None] | None = None
+
+    def __call__(self) -> None:
+        if self.replay is None and (self.warm > 0 or GRAPHS_OK.get(self.device.type) is False):
+            self.warm -= 1
+            _eager(self.step, self.device)
+            return
+        if self.replay is None:
+            try:
+                self.replay = capture(self.step, self.device, self.pool)
+            except Exception as exc:  # noqa: BLE001 - any capture failure: eager steps from now on
+                GRAPHS_OK[self.device.type] = False
+                log.warning("decoding step could not be captured as a CUDA graph (%s); decoding eagerly",
+                            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            if self.replay is None:
+                self.warm = 0
+                _eager(self.step, self.device)
+                return
+            GRAPHS_OK.setdefault(self.device.type, True)
+            self.stats["gen_graph_captures"] += 1
+        self.replay()
+        self.stats["gen_graph_replays"] += 1
+
+
+def decode(forward: Callable, logits, cache, mask, next_pos, pre, stops, max_gen: int, stats: dict) -> bool:
+    """Greedy decoding steps after a batch's prefill (as fast.FastLM._decode_steps: `logits` at
+    each row's last prompt token, its KV cache, the mask of its columns [B, n], next positions
+    [B, 1], `pre` a single shared prefix read in place or None, `stops` a stops.StopCheck) with
+    GraphSteps (`forward`: see GraphStep).
+    Returns False, having done nothing, where the cache is not a reserved buffer with room for
+    max_gen - 1 more tokens."""
+    layers = graph_layers(cache, mask.shape[1] + max_gen - 1)
+    if layers is None:
+        return False
+    step = GraphStep(forward, layers, pre, logits, mask, next_pos)
+    device = mask.device
+    pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
+    run = StepRunner(step, device, stats, pool)
+    active = list(range(step.rows))  # original row of each batch row
+    live = list(range(step.rows))  # batch rows still decoding
+    while True:
+        toks = step.ids[:, 0].tolist()
+        stats["gen_tokens"] += len(live)
+        live = [k for k in live if not stops.add(active[k], toks[k])]
+        if not live:
+            return True
+        if len(live) <= step.rows // 2:  # half the rows finished: a smaller graph
+            from evals.backends.fast import compact_order
+
+            order = compact_order(live, step.rows)
+            step.compact(order)
+            active = [active[k] for k in order]
+            live = list(range(len(order)))
+            run = StepRunner(step, device, stats, pool)
+        run()
+        step.filled += 1
+        stats["gen_graph_steps"] += 1

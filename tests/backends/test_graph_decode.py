@@ -1,0 +1,144 @@
+"""graph_decode.py: fixed-shape decoding steps under a shared prefix, replayed as graphs.
+
+There is no GPU here, so the graphs are replayed by a CPU stand-in (graph_emulator.py) that,
+like a CUDA graph, re-runs the captured operations on the same tensors: a step that baked a
+host value into its graph would give other text than the default decoding path."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from evals.backends import graph_decode
+from evals.backends.fast import FastLM
+from tests.backends.graph_emulator import CaptureSyncError, EmulatedGraph, emulated_capture
+from tests.backends.test_fast import FEWSHOT
+
+# rows that finish at different steps (a sum, a list running to max_gen, ...): the batch compacts
+QUESTIONS = ["What is 5 plus 5?", "What is 11 plus 4?", "Name three colours.", "Tell me a story about a cat.",
+             "What is 2 plus 30?", "List the days of the week.", "Describe the sea.", "What is 8 plus 1?"]
+UNTIL = ["\n\n", "Q:"]
+
+
+@pytest.fixture(scope="module")
+def prompts(smol):
+    _, tok = smol
+    return [tok(FEWSHOT + f"Q: {q}\nA:")["input_ids"] for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def reference(smol, prompts):
+    """The default decoding path's texts (itself tested against HFLM in test_fast.py)."""
+    model, tok = smol
+    with torch.inference_mode():
+        return FastLM(model, tok, max_length=2048)._greedy_batch(prompts, UNTIL, 24)
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    monkeypatch.setattr(graph_decode, "GRAPHS_OK", {})
+
+
+def _decode(smol, prompts, max_gen=24, in_place=True, until=UNTIL):
+    model, tok = smol
+    lm = FastLM(model, tok, max_length=2048, cuda_graphs=True)
+    lm._shared_decode = in_place
+    with torch.inference_mode():
+        return lm._greedy_batch(prompts, until, max_gen), lm.stats
+
+
+def test_fixed_shape_steps_give_the_default_texts(smol, prompts, reference, fresh_state, monkeypatch):
+    """On the CPU (no graphs) the fixed-shape steps run eagerly: the same texts, rows compacted."""
+    sizes, real = [], graph_decode.GraphStep.compact
+    monkeypatch.setattr(graph_decode.GraphStep, "compact", lambda self, order: sizes.append(len(order)) or real(self, order))
+    got, stats = _decode(smol, prompts)
+    assert got == reference
+    assert stats["gen_graph_steps"] == 23 and stats["gen_graph_replays"] == 0
+    assert sizes and sizes[0] <= len(prompts) // 2  # half the rows finished: they left the batch
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["prefix-in-place", "prefix-in-rows-cache"])
+def test_replayed_graphs_give_the_default_texts(smol, prompts, reference, fresh_state, monkeypatch, in_place):
+    """Each batch shape captured once and replayed (CPU stand-in for a CUDA graph): the same
+    texts, including after the rows are compacted and the step captured again; with the shared
+    prefix read in place and with it copied into every row's cache (SDPA over a 4-D mask)."""
+    monkeypatch.setattr(graph_decode, "capture", emulated_capture)
+    got, stats = _decode(smol, prompts, in_place=in_place)
+    assert got == reference
+    assert stats["gen_prefix_in_place_batches"] == int(in_place)
+    assert stats["gen_graph_captures"] == 2  # the full batch, then the rows left after compaction
+    assert stats["gen_graph_replays"] == stats["gen_graph_steps"] - 2 * graph_decode.GRAPH_WARMUP
+
+
+def test_prompts_without_a_shared_prefix_replay_too(smol, fresh_state, monkeypatch):
+    """Left-padded prompts of different lengths and no common prefix: the same texts as the
+    default path, and as each prompt decoded alone."""
+    from tests.backends.test_fast import GEN_PROMPTS
+
+    model, tok = smol
+    enc = [tok(p)["input_ids"] for p in GEN_PROMPTS[:4]]
+    with torch.inference_mode():
+        ref = FastLM(model, tok, max_length=2048)._greedy_batch(enc, ["\n", "."], 16)
+    monkeypatch.setattr(graph_decode, "capture", emulated_capture)
+    got, stats = _decode(smol, enc, 16, until=["\n", "."])
+    assert got == ref and stats["gen_graph_replays"] > 0
+
+
+def test_a_step_that_reads_the_device_on_the_host_is_not_captured(smol, prompts, reference, fresh_state,
+                                                                    monkeypatch, caplog):
+    """A cache layer writing at a Python column (read from the device) cannot be captured: the
+    capture fails, graphs are turned off with a warning, and the steps run eagerly, same texts."""
+    monkeypatch.setattr(graph_decode, "capture", emulated_capture)
+
+    def host_column(self, key_states, value_states, *args, **kwargs):
+        c = int(self.col.item())
+        self._kbuf[:, :, c:c + 1] = key_states
+        self._vbuf[:, :, c:c + 1] = value_states
+        return self._kbuf, self._vbuf
+
+    monkeypatch.setattr(graph_decode.GraphLayer, "update", host_column)
+    with caplog.at_level(logging.WARNING):
+        got, stats = _decode(smol, prompts)
+    assert got == reference
+    assert stats["gen_graph_replays"] == 0 and graph_decode.GRAPHS_OK["cpu"] is False
+    assert "could not be captured as a CUDA graph" in caplog.text
+
+
+def test_the_emulator_bakes_host_values_into_its_graph():
+    """The stand-in fails where a CUDA graph would: a column chosen on the host is the captured
+    one at every replay; one held in a device tensor advances."""
+    buf = torch.zeros(2, 4)
+    col, host = torch.zeros(1, dtype=torch.long), {"col": 0}
+
+    def device_step():
+        buf.index_fill_(1, col, 1.0)
+        col.add_(1)
+
+    def host_step():
+        buf[:, host["col"]] = 2.0
+        host["col"] += 1
+
+    for step in (device_step, host_step):
+        graph, before = EmulatedGraph(), buf.clone()
+        graph.capture(step)
+        assert torch.equal(buf, before) and col.item() in (0, 3)  # capture changes no tensor
+        for _ in range(3):
+            graph.replay()
+    assert buf.tolist() == [[2.0, 1.0, 1.0, 0.0]] * 2  # host: column 0 three times; device: 0, 1, 2
+
+
+def test_the_emulator_refuses_host_reads():
+    x = torch.ones(3)
+    with pytest.raises(CaptureSyncError):
+        EmulatedGraph().capture(lambda: x.add_(x.sum().item()))
+    assert x.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_only_a_reserved_cache_decodes_in_graphs(smol, prompts, reference, fresh_state, monkeypatch):
+    """Without a cache reserved for the whole decode (reserve_kv off) the default steps run."""
+    monkeypatch.setattr(FastLM, "reserve_kv", False)
+    got, stats = _decode(smol, prompts)
+    assert got == reference and stats["gen_graph_steps"] == 0
+    assert graph_decode.graph_layers(None, 8) is None
