@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         modes.append((f"{IN_PLACE} at {rev}", load_old_fastlm(rev), True))
     dev = torch.device(args.device)
     record = {"command": " ".join(["python", *sys.argv]), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "commit": git_commit(), "rev": rev, "model": args.model, "dtype": dtype,
+              "commit": git_commit(), "rev": rev, "model": args.model, "dtype": dtype, "device": dev.type,
               "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
               "torch_threads": torch.get_num_threads(), "rows": args.rows, "prefix_tokens": args.prefix,
               "own_tokens": sum(len(x) for x in prompts) // len(prompts) - args.prefix, "modes": {}}

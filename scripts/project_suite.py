@@ -14,7 +14,11 @@ the requests from configs/tasks, exactly as a run does), then turns it into time
   launch    the decoding steps' fixed cost alone: the generation batches the fast backend's
             planner cuts on the device (its memory sets the token budget), every row running to
             max_gen_toks, at GPU_FORWARD_OVERHEAD_S per step (25 ms, measured on an H200 when a
-            step was launch-bound); a lower bound for decoding unless that cost falls.
+            step was launch-bound); a lower bound for decoding unless that cost falls. With
+            --decode-step, a bench_decode_step.py record: measured on the CPU, a step that reads
+            its prefix in place costs 25 ms x its operations over the expanded step's; measured
+            on CUDA, each kind of step costs its measured time, and with --cuda-graphs every
+            step the time of a step replayed as a CUDA graph (step_costs).
   measured  (--bench, from scripts/bench_runner.py JSON of the same model and device) each
             benchmark's workload tokens over the measured tokens/s of the fast backend for
             that task, or for its request type when the task was not measured.
@@ -185,6 +189,38 @@ def measured_rates(paths: list[str], backend: str = "fast") -> tuple[dict, dict,
     return per_task, {k: t / s for k, (t, s) in per_kind.items()}, meta
 
 
+def step_costs(record: dict | None, cuda_graphs: bool = False) -> tuple[float, float, str]:
+    """Seconds of a decoding step's fixed cost (a step reading a prefix copied into its rows'
+    cache, one reading it in place) and how they were had, from a bench_decode_step.py record
+    (None: GPU_FORWARD_OVERHEAD_S for both). A CPU record scales the in-place step by its
+    operations over the expanded one's; a CUDA record gives each step's measured time, or with
+    `cuda_graphs` the time of a step replayed as a CUDA graph for both."""
+    from bench_decode_step import EXPANDED, GRAPHS, IN_PLACE
+
+    from evals.backends.fast import GPU_FORWARD_OVERHEAD_S
+
+    base = f"{GPU_FORWARD_OVERHEAD_S * 1000:.0f} ms per step as measured on an H200 on 2026-11-27"
+    if record is None:
+        if cuda_graphs:
+            raise SystemExit("--cuda-graphs needs --decode-step with a record measured on CUDA")
+        return GPU_FORWARD_OVERHEAD_S, GPU_FORWARD_OVERHEAD_S, base
+    modes, where = record["modes"], f"{record.get('device_name')}, {record.get('date')}"
+    if record.get("device") != "cuda":
+        if cuda_graphs:
+            raise SystemExit("--cuda-graphs needs a --decode-step record measured on CUDA (a CPU has no graphs)")
+        ratio = modes[IN_PLACE]["ops_per_step"] / modes[EXPANDED]["ops_per_step"]
+        return (GPU_FORWARD_OVERHEAD_S, GPU_FORWARD_OVERHEAD_S * ratio,
+                f"{base}, {ratio:.2f}x that where the prefix is read in place, as its operations per step ({where})")
+    if cuda_graphs:
+        graph = modes.get(GRAPHS) or {}
+        if not graph.get("graph_replays"):
+            raise SystemExit("--cuda-graphs: the --decode-step record has no step replayed as a CUDA graph")
+        s = graph["ms_per_step"] / 1e3
+        return s, s, f"{graph['ms_per_step']} ms per step replayed as a CUDA graph ({where})"
+    e, i = modes[EXPANDED]["ms_per_step"] / 1e3, modes[IN_PLACE]["ms_per_step"] / 1e3
+    return e, i, f"{e * 1e3:.1f} ms per step, {i * 1e3:.1f} ms where the prefix is read in place, measured ({where})"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="phi-2", help="random-model preset in configs/models/random (architecture)")
@@ -198,6 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--decode-step", default=None,
                    help="bench_decode_step.py JSON: a step that reads its prefix in place costs the measured "
                         "step cost times its operations over the expanded path's (default: the same cost)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="decoding steps replayed as CUDA graphs (--cuda-graphs), at the time --decode-step measured on CUDA")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     os.environ["PHI2EVAL_DATA_DIR"] = str(Path(args.data_dir).resolve())
@@ -221,7 +259,7 @@ def main(argv=None) -> int:
 
     lm = token_counter(tok, int(spec["config"].get("max_position_embeddings", 2048)))
     # generation batches as the backend cuts them on this device (gen_budget_tokens on CUDA)
-    from evals.backends.fast import GPU_FORWARD_OVERHEAD_S, GPU_GEN_MEMORY_SHARE, gen_pad_waste_tokens, kv_budget_tokens
+    from evals.backends.fast import GPU_GEN_MEMORY_SHARE, gen_pad_waste_tokens, kv_budget_tokens
 
     weight_bytes = 2 * (body + head + emb)
     free = MEMORY[args.device] - weight_bytes
@@ -234,14 +272,9 @@ def main(argv=None) -> int:
     peak, bw = DEVICES[args.device]
     per_task, per_kind, meta = measured_rates(args.bench)
     hf_task, hf_kind, _ = measured_rates(args.bench, "hf")
-    # the 25 ms step was measured before prefix attention; a step's launches scale with its operations
-    ops_ratio, ops_from = 1.0, None
-    if args.decode_step:
-        from bench_decode_step import EXPANDED, IN_PLACE
-
-        modes = json.loads(Path(args.decode_step).read_text())["modes"]
-        ops_ratio = modes[IN_PLACE]["ops_per_step"] / modes[EXPANDED]["ops_per_step"]
-        ops_from = args.decode_step
+    record = json.loads(Path(args.decode_step).read_text()) if args.decode_step else None
+    expanded_s, in_place_s, step_label = step_costs(record, args.cuda_graphs)
+    step_ratio = in_place_s / expanded_s
     rows, tot_floor, tot_meas, tot_hf, tot_launch = {}, 0.0, 0.0, 0.0, 0.0
     print(f"{'benchmark':<12}{'docs':>7}{'requests':>9}{'workload tok':>13}{'fast fwd tok':>13}{'TFLOP':>8}"
           f"{'floor s':>9}{'measured s':>11}{'hf s':>9}", flush=True)
@@ -250,8 +283,7 @@ def main(argv=None) -> int:
         rec = count_work(name, insts, lm, ratio, gen_plan)
         if "decode_steps" in rec:
             in_place = rec["decode_steps_prefix_in_place"]
-            rec["launch_bound_decode_s"] = round(
-                (rec["decode_steps"] - in_place + in_place * ops_ratio) * GPU_FORWARD_OVERHEAD_S, 1)
+            rec["launch_bound_decode_s"] = round((rec["decode_steps"] - in_place) * expanded_s + in_place * in_place_s, 1)
             tot_launch += rec["launch_bound_decode_s"]
         rec["floor_s"] = round(floor_seconds(rec, body, head, peak, args.mfu, bw, args.gen_batch, kv_bytes), 1)
         rate = per_task.get(name) or per_kind.get(rec["request_type"])
@@ -274,9 +306,7 @@ def main(argv=None) -> int:
           f"per cached token read per step, a shared prefix once per batch; generation at max_gen_toks)")
     print(f"decoding steps' fixed cost alone: {tot_launch / 60:.1f} min (the backend's generation batches on "
           f"{args.device}: budget {gen_plan[0]} tokens, padding allowance {gen_plan[1]}; every row to max_gen_toks; "
-          f"{GPU_FORWARD_OVERHEAD_S * 1000:.0f} ms per step as measured on an H200 on 2026-11-27"
-          + (f", {ops_ratio:.2f}x that where the prefix is read in place, as its operations per step ({ops_from})"
-             if ops_from else "") + ")")
+          f"{step_label})")
     print(f"  of {sum(r.get('decode_steps', 0) for r in rows.values())} steps, "
           f"{sum(r.get('decode_steps_prefix_in_place', 0) for r in rows.values())} read a few-shot prefix in place")
     if per_task or per_kind:
@@ -293,8 +323,10 @@ def main(argv=None) -> int:
         "bench_inputs": meta, "benchmarks": rows,
         "total_floor_s": round(tot_floor, 1),
         "gen_budget_tokens": gen_plan[0], "gen_pad_waste_tokens": gen_plan[1],
-        "step_fixed_cost_s": GPU_FORWARD_OVERHEAD_S, "step_ops_ratio_prefix_in_place": round(ops_ratio, 3),
-        "step_ops_ratio_from": ops_from, "total_launch_bound_decode_s": round(tot_launch, 1),
+        "step_fixed_cost_s": round(expanded_s, 5), "step_cost_prefix_in_place_s": round(in_place_s, 5),
+        "step_ratio_prefix_in_place": round(step_ratio, 3), "step_cost_basis": step_label,
+        "step_cost_from": args.decode_step, "cuda_graphs": args.cuda_graphs,
+        "total_launch_bound_decode_s": round(tot_launch, 1),
         "total_measured_s": round(tot_meas, 1) if per_task or per_kind else None,
         "total_measured_hf_s": round(tot_hf, 1) if per_task or per_kind else None,
         "measured_complete": measured_all if per_task or per_kind else False,

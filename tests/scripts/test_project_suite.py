@@ -121,3 +121,22 @@ def test_generation_batches_are_those_the_backend_runs(embedded_model, monkeypat
     # the batches whose every row belongs to a few-shot cluster read its prefix in place
     in_place = sum(shared for _, shared in calls)
     assert rec["gen_batches_prefix_in_place"] == in_place and rec["decode_steps_prefix_in_place"] == 8 * in_place
+
+
+def test_step_costs_from_a_decode_step_record():
+    """A CPU record scales the in-place step by its operations; a CUDA record gives measured
+    times, and with --cuda-graphs the graph step's time for every step (if it really replayed)."""
+    from bench_decode_step import EXPANDED, GRAPHS, IN_PLACE
+
+    from evals.backends.fast import GPU_FORWARD_OVERHEAD_S as base
+
+    assert project_suite.step_costs(None)[:2] == (base, base)
+    modes = {EXPANDED: {"ops_per_step": 1000, "ms_per_step": 20.0}, IN_PLACE: {"ops_per_step": 1200, "ms_per_step": 30.0},
+             GRAPHS: {"ops_per_step": 5, "ms_per_step": 4.0, "graph_replays": 64}}
+    cpu, cuda = {"device": "cpu", "modes": modes}, {"device": "cuda", "modes": modes}
+    assert project_suite.step_costs(cpu)[:2] == pytest.approx((base, base * 1.2))
+    assert project_suite.step_costs(cuda)[:2] == pytest.approx((0.020, 0.030))
+    assert project_suite.step_costs(cuda, cuda_graphs=True)[:2] == pytest.approx((0.004, 0.004))
+    for rec in (None, cpu, {"device": "cuda", "modes": {**modes, GRAPHS: {**modes[GRAPHS], "graph_replays": 0}}}):
+        with pytest.raises(SystemExit):
+            project_suite.step_costs(rec, cuda_graphs=True)
