@@ -52,6 +52,10 @@ Generation (greedy)
     torch.compile (CUDA graphs) on CUDA. Shapes are bucketed so few graphs are compiled; rows
     stay in the batch until all are finished and few-shot prefixes are not shared. Same text
     as the default path on CPU (tested); its speed on a GPU is not measured yet.
+  * Optional (`cuda_graphs=True`, `--cuda-graphs`): the default greedy decoding, its steps run
+    on fixed tensors and replayed as CUDA graphs (graph_decode.py): prefixes still read in place,
+    rows compacted at half. Same text on CPU (tested, graphs through a CPU stand-in); its speed
+    on a GPU is not measured yet.
 """
 
 from __future__ import annotations
