@@ -213,7 +213,7 @@ def step_costs(record: dict | None, cuda_graphs: bool = False) -> tuple[float, f
                 f"{base}, {ratio:.2f}x that where the prefix is read in place, as its operations per step ({where})")
     if cuda_graphs:
         graph = modes.get(GRAPHS) or {}
-        if not graph.get("graph_replays"):
+        if not graph.get("timed_graph_replays"):  # the timed decodes really replayed graphs
             raise SystemExit("--cuda-graphs: the --decode-step record has no step replayed as a CUDA graph")
         s = graph["ms_per_step"] / 1e3
         return s, s, f"{graph['ms_per_step']} ms per step replayed as a CUDA graph ({where})"

@@ -132,11 +132,11 @@ def test_step_costs_from_a_decode_step_record():
 
     assert project_suite.step_costs(None)[:2] == (base, base)
     modes = {EXPANDED: {"ops_per_step": 1000, "ms_per_step": 20.0}, IN_PLACE: {"ops_per_step": 1200, "ms_per_step": 30.0},
-             GRAPHS: {"ops_per_step": 5, "ms_per_step": 4.0, "graph_replays": 64}}
+             GRAPHS: {"ops_per_step": 5, "ms_per_step": 4.0, "timed_graph_replays": 64}}
     cpu, cuda = {"device": "cpu", "modes": modes}, {"device": "cuda", "modes": modes}
     assert project_suite.step_costs(cpu)[:2] == pytest.approx((base, base * 1.2))
     assert project_suite.step_costs(cuda)[:2] == pytest.approx((0.020, 0.030))
     assert project_suite.step_costs(cuda, cuda_graphs=True)[:2] == pytest.approx((0.004, 0.004))
-    for rec in (None, cpu, {"device": "cuda", "modes": {**modes, GRAPHS: {**modes[GRAPHS], "graph_replays": 0}}}):
+    for rec in (None, cpu, {"device": "cuda", "modes": {**modes, GRAPHS: {**modes[GRAPHS], "timed_graph_replays": 0}}}):
         with pytest.raises(SystemExit):
             project_suite.step_costs(rec, cuda_graphs=True)
