@@ -118,8 +118,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "which transformers compiles (torch.compile, CUDA graphs) on CUDA; same text, first "
                         "batches pay the compile time")
     p.add_argument("--cuda-graphs", action="store_true",
-                   help="fast backend: greedy decoding steps under a shared few-shot prefix replayed as CUDA "
-                        "graphs (one launch per step instead of thousands); not yet measured on a GPU")
+                   help="fast backend: greedy decoding steps replayed as CUDA graphs (one launch per step instead "
+                        "of thousands; a shared few-shot prefix still read in place); not yet measured on a GPU")
     _add_cache_dir(p)
     p.add_argument("--no-cache", action="store_true",
                    help="neither reuse nor store finished requests (default: cache them, so a rerun resumes)")

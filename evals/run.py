@@ -33,7 +33,7 @@ class RunOptions:
     batch_size: int | None = None
     max_gen_toks: int | None = None  # overrides every generative task's limit (recorded); None: the YAML's
     static_cache: bool = False  # fast backend: greedy generation with a static KV cache (compiled on CUDA)
-    cuda_graphs: bool = False  # fast backend: decoding steps under a shared prefix as CUDA graphs (graph_decode.py)
+    cuda_graphs: bool = False  # fast backend: greedy decoding steps replayed as CUDA graphs (graph_decode.py)
     cache: bool = True  # reuse/store finished requests in the request cache (evals/cache.py)
     cache_dir: Path | None = None  # default .cache/phi2eval or $PHI2EVAL_CACHE_DIR
 

@@ -23,7 +23,7 @@ def make_lm(backend: str, loaded, batch_size: int | None = None, max_gen_toks: i
 
     `batch_size` caps rows per batch (None: 16 for hf; the token budget alone for fast);
     `static_cache` (fast only): greedy generation with a static KV cache, compiled on CUDA;
-    `cuda_graphs` (fast only): decoding steps under a shared prefix replayed as CUDA graphs.
+    `cuda_graphs` (fast only): greedy decoding steps replayed as CUDA graphs.
     """
     check_options(backend, static_cache, cuda_graphs)
     if backend == "hf":

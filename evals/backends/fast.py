@@ -84,6 +84,7 @@ from lm_eval.models.utils import (
 )
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
+from evals.backends import graph_decode
 from evals.backends.batching import (
     BUDGET_ENV,
     MAX_TOKENS,
@@ -96,7 +97,6 @@ from evals.backends.batching import (
     plan_batches,
     run_batched,
 )
-from evals.backends import graph_decode
 from evals.backends.lm_head import HeadScorer
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.packed_attention import supports as supports_packed
@@ -652,8 +652,8 @@ class FastLM(TemplateLM):
         (default: from free CUDA memory, or a fixed CPU default). `model` may also be a path
         or hub id (lm-eval's `pretrained=`), loaded with AutoModelForCausalLM. `static_cache`:
         greedy generation through transformers' generate with a static KV cache (compiled on CUDA).
-        `cuda_graphs`: decoding steps under a shared prefix replayed as CUDA graphs (graph_decode.py;
-        on the CPU the same fixed-shape steps run eagerly)."""
+        `cuda_graphs`: greedy decoding steps replayed as CUDA graphs (graph_decode.py; on the CPU
+        the same fixed-shape steps run eagerly)."""
         super().__init__()
         model = model if model is not None else kwargs.pop("pretrained", None)
         if isinstance(model, str):
@@ -1195,8 +1195,10 @@ class FastLM(TemplateLM):
         kw = {self._cache_kw: cache, **({PREFIX_KW: pre} if pre is not None else {})}
         # stop sequences are looked for only where one can newly appear (stops.py)
         stops = StopCheck(B, self.tok_decode, until, self._eos_ids(), max_gen, stop_free_ids(self.tokenizer, until))
+        # fixed-shape steps replayed as CUDA graphs: a single prefix read in place, or none in place
+        # (attention through SDPA, which takes a 4-D mask); not a batch mixing clusters
         sdpa = getattr(self.model.config, "_attn_implementation", None) == "sdpa"
-        if self.cuda_graphs and (type(pre) is Prefix or (pre is None and sdpa)):  # fixed-shape steps, CUDA graphs
+        if self.cuda_graphs and (type(pre) is Prefix or (pre is None and sdpa)):
 
             def forward(ids, pos, valid):
                 # without a prefix read in place, SDPA takes the columns to see as a 4-D mask

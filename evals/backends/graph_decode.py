@@ -199,6 +199,8 @@ def decode(forward: Callable, logits, cache, mask, next_pos, pre, stops, max_gen
     GraphSteps (`forward`: see GraphStep).
     Returns False, having done nothing, where the cache is not a reserved buffer with room for
     max_gen - 1 more tokens."""
+    from evals.backends.fast import compact_order  # fast.py imports this module
+
     layers = graph_layers(cache, mask.shape[1] + max_gen - 1)
     if layers is None:
         return False
@@ -215,8 +217,6 @@ def decode(forward: Callable, logits, cache, mask, next_pos, pre, stops, max_gen
         if not live:
             return True
         if len(live) <= step.rows // 2:  # half the rows finished: a smaller graph
-            from evals.backends.fast import compact_order
-
             order = compact_order(live, step.rows)
             step.compact(order)
             active = [active[k] for k in order]
