@@ -142,3 +142,24 @@ def test_only_a_reserved_cache_decodes_in_graphs(smol, prompts, reference, fresh
     got, stats = _decode(smol, prompts)
     assert got == reference and stats["gen_graph_steps"] == 0
     assert graph_decode.graph_layers(None, 8) is None
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["prefix-in-place", "prefix-in-rows-cache"])
+def test_phi_architecture_replays_the_default_tokens(fresh_state, monkeypatch, in_place):
+    """Phi's own layers (partial rotary, parallel attention and MLP; random weights, so every row
+    runs to max_gen): the tokens of replayed graphs equal the default path's."""
+    from evals.random_model import build_random
+
+    model, tok, _ = build_random("tiny-phi", "float32", "cpu")
+    prompts = [tok(FEWSHOT + f"Q: {q}\nA:")["input_ids"] for q in QUESTIONS[:5]]
+    with torch.inference_mode():
+        default = FastLM(model, tok, max_length=2048)
+        default._shared_decode = in_place
+        ref = default._greedy_batch(prompts, ["@@never@@"], 12)
+    monkeypatch.setattr(graph_decode, "capture", emulated_capture)
+    lm = FastLM(model, tok, max_length=2048, cuda_graphs=True)
+    lm._shared_decode = in_place
+    with torch.inference_mode():
+        got = lm._greedy_batch(prompts, ["@@never@@"], 12)
+    assert got == ref and lm.stats["gen_graph_replays"] == 11 - graph_decode.GRAPH_WARMUP
+    assert lm.stats["gen_prefix_in_place_batches"] == int(in_place)
