@@ -178,7 +178,9 @@ class StepRunner:
         if self.replay is None:
             try:
                 self.replay = capture(self.step, self.device, self.pool)
-            except Exception as exc:  # noqa: BLE001 - any capture failure: eager steps from now on
+            except torch.cuda.OutOfMemoryError:
+                raise  # the batch is retried with half the budget (batching.run_batched), graphs still on
+            except Exception as exc:  # noqa: BLE001 - any other capture failure: eager steps from now on
                 GRAPHS_OK[self.device.type] = False
                 log.warning("decoding step could not be captured as a CUDA graph (%s); decoding eagerly",
                             str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)

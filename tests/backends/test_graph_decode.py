@@ -163,3 +163,25 @@ def test_phi_architecture_replays_the_default_tokens(fresh_state, monkeypatch, i
         got = lm._greedy_batch(prompts, ["@@never@@"], 12)
     assert got == ref and lm.stats["gen_graph_replays"] == 11 - graph_decode.GRAPH_WARMUP
     assert lm.stats["gen_prefix_in_place_batches"] == int(in_place)
+
+
+def test_out_of_memory_in_a_capture_is_left_to_the_budget_backoff(smol, prompts, reference, fresh_state,
+                                                                  monkeypatch):
+    """An out-of-memory error while capturing propagates (run_batched halves the budget and
+    retries the batch) and leaves graphs on; other capture errors turn them off."""
+    calls = []
+
+    def oom_once(step, device, pool):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return emulated_capture(step, device, pool)
+
+    monkeypatch.setattr(graph_decode, "capture", oom_once)
+    model, tok = smol
+    lm = FastLM(model, tok, max_length=2048, cuda_graphs=True)
+    with torch.inference_mode(), pytest.raises(torch.cuda.OutOfMemoryError):
+        lm._greedy_batch(prompts, UNTIL, 24)
+    assert "cpu" not in graph_decode.GRAPHS_OK
+    got, stats = _decode(smol, prompts)
+    assert got == reference and stats["gen_graph_replays"] > 0
