@@ -163,35 +163,43 @@ def _eager(step: Callable[[], None], device: torch.device) -> None:
 
 class StepRunner:
     """Runs a GraphStep once per call: GRAPH_WARMUP times eagerly, then captured (capture) and
-    replayed. `pool`: a CUDA graph memory pool shared by a batch's graphs (None: a new one)."""
+    replayed; eagerly throughout where there are no graphs. `pool`: a CUDA graph memory pool
+    shared by a batch's graphs (None: a new one)."""
 
     def __init__(self, step: GraphStep, device: torch.device, stats: dict, pool=None):
         self.step, self.device, self.stats, self.pool = step, device, stats, pool
         self.warm = GRAPH_WARMUP
+        self.graphs = True  # False: no graphs here (capture returned None, or failed)
         self.replay: Callable[[], None] | None = None
 
     def __call__(self) -> None:
-        if self.replay is None and (self.warm > 0 or GRAPHS_OK.get(self.device.type) is False):
+        if self.replay is None and self.graphs and self.warm <= 0:
+            self._capture()
+        if self.replay is None:
             self.warm -= 1
             _eager(self.step, self.device)
             return
-        if self.replay is None:
-            try:
-                self.replay = capture(self.step, self.device, self.pool)
-            except torch.cuda.OutOfMemoryError:
-                raise  # the batch is retried with half the budget (batching.run_batched), graphs still on
-            except Exception as exc:  # noqa: BLE001 - any other capture failure: eager steps from now on
-                GRAPHS_OK[self.device.type] = False
-                log.warning("decoding step could not be captured as a CUDA graph (%s); decoding eagerly",
-                            str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
-            if self.replay is None:
-                self.warm = 0
-                _eager(self.step, self.device)
-                return
-            GRAPHS_OK.setdefault(self.device.type, True)
-            self.stats["gen_graph_captures"] += 1
         self.replay()
         self.stats["gen_graph_replays"] += 1
+
+    def _capture(self) -> None:
+        """Capture the step (nothing of it runs); on failure, graphs off for the process."""
+        if GRAPHS_OK.get(self.device.type) is False:
+            self.graphs = False
+            return
+        try:
+            self.replay = capture(self.step, self.device, self.pool)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the batch is retried with half the budget (batching.run_batched), graphs still on
+        except Exception as exc:  # noqa: BLE001 - any other capture failure: eager steps from now on
+            GRAPHS_OK[self.device.type] = False
+            log.warning("decoding step could not be captured as a CUDA graph (%s); decoding eagerly",
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        if self.replay is None:
+            self.graphs = False
+            return
+        GRAPHS_OK.setdefault(self.device.type, True)
+        self.stats["gen_graph_captures"] += 1
 
 
 def decode(forward: Callable, logits, cache, mask, next_pos, pre, stops, max_gen: int, stats: dict) -> bool:
