@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSON path for the record")
     args = p.parse_args(argv)
     from bench_runner import load
+    from evals.backends import graph_decode
     from evals.backends.fast import FastLM
     from evals.run import cpu_model, git_commit
 
@@ -142,6 +143,8 @@ def main(argv=None) -> int:
         if label == GRAPHS:  # steps run as fixed-shape steps, and how many of them were graph replays
             row["graph_steps"] = lm.stats.get("gen_graph_steps", 0)
             row["graph_replays"] = lm.stats.get("gen_graph_replays", 0)
+            # whether a replay agreed with the same step run eagerly (graph_decode.StepRunner.check_replay)
+            row["graphs_checked_ok"] = graph_decode.GRAPHS_OK.get(dev.type)
         else:
             row.pop("timed_graph_replays")
         if in_place:  # whether the fused attention kernels passed their check here (prefix_attention.LSE_PATH)

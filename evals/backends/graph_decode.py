@@ -21,8 +21,10 @@ address and keep its shape, and nothing may be decided on the host within a step
   front of the buffers, in place, and the step is captured again for fewer rows.
 
 Each batch shape runs GRAPH_WARMUP steps eagerly (on a side stream, as CUDA graphs want), then
-captures one step and replays it. A capture that fails turns graphs off for the process (with a
-warning); the steps then run eagerly, with the same results. On the CPU there are no graphs and
+captures one step and replays it. The first graph of a process is checked at its second replay
+against the same step run eagerly (StepRunner.check_replay): graphs stay on only if their logits
+agree. A capture that fails, or a check that does not agree, turns graphs off for the process
+(with a warning); the steps then run eagerly, with the same results. On the CPU there are no graphs and
 the same steps run eagerly; the tests replay them through a CPU stand-in for a CUDA graph that
 re-runs the recorded operations on the same tensors (tests/backends/graph_emulator.py), which
 gives wrong text wherever a step would bake a host value into a graph.
@@ -41,8 +43,11 @@ import torch
 log = logging.getLogger(__name__)
 
 GRAPH_WARMUP = 1  # eager steps per batch shape before its capture
-# per device type: False once a capture has failed there (graphs off for the process)
-GRAPHS_OK: dict[str, bool] = {}
+# per device type: None until a replay has been checked against an eager step there (check_replay),
+# then whether it agreed; False also once a capture has failed (graphs off for the process)
+GRAPHS_OK: dict[str, bool | None] = {}
+# largest difference of a replay's logits from an eager step's, relative to max(1, largest logit)
+GRAPH_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
 
 try:  # transformers >= 4.56: caches made of per-layer objects
     from transformers.cache_utils import DynamicLayer
@@ -83,7 +88,8 @@ class GraphStep:
     next token ids [B, 1] and positions [B, 1] with the batch's cache, each row seeing the cache
     columns `valid` [B, T] marks (through `pre`, a prefix_attention.Prefix read in place, or as
     the attention mask where `pre` is None) and returns its output; the step writes the argmax
-    token into `ids` and advances `col` and `pos`. `filled`: cache columns written so far (host side)."""
+    token into `ids`, its logits into `last`, and advances `col` and `pos`. `filled`: cache columns
+    written so far (host side)."""
 
     def __init__(self, forward: Callable, layers: list, pre, logits: torch.Tensor, mask: torch.Tensor,
                  next_pos: torch.Tensor):
@@ -99,8 +105,13 @@ class GraphStep:
         self.valid = torch.zeros(B, T, dtype=torch.bool, device=dev)
         self.valid[:, :n] = mask.bool()
         self.ids = logits.argmax(-1, keepdim=True)
+        self.last = logits.clone()  # the last step's logits (what check_replay compares)
         self.pos = next_pos.clone()
         self.filled = n
+
+    def state(self) -> list[torch.Tensor]:
+        """The tensors a step reads and advances (besides the cache column it writes)."""
+        return [self.ids, self.pos, self.col, self.valid, self.last]
 
     @property
     def rows(self) -> int:
@@ -113,7 +124,8 @@ class GraphStep:
             self.pre.set_valid(self.valid)  # masks built from it are rebuilt within the step
         self.valid.index_fill_(1, self.col, True)
         out = self.forward(self.ids, self.pos, self.valid)
-        self.ids.copy_(out.logits[:, -1, :].argmax(-1, keepdim=True))
+        self.last.copy_(out.logits[:, -1, :])
+        self.ids.copy_(self.last.argmax(-1, keepdim=True))
         self.col.add_(1)
         self.pos.add_(1)
 
@@ -133,7 +145,7 @@ class GraphStep:
             layer._kbuf, layer._vbuf = layer._kbuf[:m], layer._vbuf[:m]
             layer.keys, layer.values = layer._kbuf, layer._vbuf
         sel = torch.tensor(order, device=dev)
-        self.valid, self.ids, self.pos = self.valid[sel], self.ids[sel], self.pos[sel]
+        self.valid, self.ids, self.pos, self.last = self.valid[sel], self.ids[sel], self.pos[sel], self.last[sel]
         if self.pre is not None:
             self.pre.keep_rows(order)
 
@@ -171,6 +183,7 @@ class StepRunner:
         self.warm = GRAPH_WARMUP
         self.graphs = True  # False: no graphs here (capture returned None, or failed)
         self.replay: Callable[[], None] | None = None
+        self.replays = 0
 
     def __call__(self) -> None:
         if self.replay is None and self.graphs and self.warm <= 0:
@@ -179,8 +192,38 @@ class StepRunner:
             self.warm -= 1
             _eager(self.step, self.device)
             return
+        if self.replays == 1 and GRAPHS_OK.get(self.device.type) is None:
+            self.check_replay()
+            return
         self.replay()
+        self.replays += 1
         self.stats["gen_graph_replays"] += 1
+
+    def check_replay(self) -> bool:
+        """A step replayed and, from the same state, run eagerly: if their logits disagree (a value
+        the graph baked in at capture, an operation it did not record), graphs are turned off for
+        the process with a warning. Done once per device type, at a graph's second replay (the
+        first runs from the state it was captured in, where a baked value is still right). The
+        eager step's state stands. Returns whether they agreed."""
+        step, dev = self.step, self.device.type
+        saved = [t.clone() for t in step.state()]
+        self.replay()
+        got = step.last.float().clone()
+        for t, before in zip(step.state(), saved):
+            t.copy_(before)
+        _eager(step, self.device)
+        ref = step.last.float()
+        diff = (got - ref).abs().max().item()
+        ok = diff <= GRAPH_TOLERANCE.get(step.last.dtype, 2e-2) * max(1.0, ref.abs().max().item())
+        GRAPHS_OK[dev] = ok
+        self.stats["gen_graph_checks"] += 1
+        if not ok:
+            log.warning("a decoding step replayed as a CUDA graph disagrees with the same step run eagerly on %s "
+                        "(max abs logit diff %.3g); decoding eagerly", dev, diff)
+            self.replay, self.graphs = None, False
+        else:
+            self.replays += 1
+        return ok
 
     def _capture(self) -> None:
         """Capture the step (nothing of it runs); on failure, graphs off for the process."""
@@ -198,7 +241,6 @@ class StepRunner:
         if self.replay is None:
             self.graphs = False
             return
-        GRAPHS_OK.setdefault(self.device.type, True)
         self.stats["gen_graph_captures"] += 1
 
 

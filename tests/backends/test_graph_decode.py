@@ -69,7 +69,8 @@ def test_replayed_graphs_give_the_default_texts(smol, prompts, reference, fresh_
     assert got == reference
     assert stats["gen_prefix_in_place_batches"] == int(in_place)
     assert stats["gen_graph_captures"] == 2  # the full batch, then the rows left after compaction
-    assert stats["gen_graph_replays"] == stats["gen_graph_steps"] - 2 * graph_decode.GRAPH_WARMUP
+    assert stats["gen_graph_checks"] == 1 and graph_decode.GRAPHS_OK["cpu"] is True  # replay == eager step
+    assert stats["gen_graph_replays"] == stats["gen_graph_steps"] - 2 * graph_decode.GRAPH_WARMUP - 1
 
 
 def test_prompts_without_a_shared_prefix_replay_too(smol, fresh_state, monkeypatch):
@@ -104,6 +105,31 @@ def test_a_step_that_reads_the_device_on_the_host_is_not_captured(smol, prompts,
     assert got == reference
     assert stats["gen_graph_replays"] == 0 and graph_decode.GRAPHS_OK["cpu"] is False
     assert "could not be captured as a CUDA graph" in caplog.text
+
+
+def test_a_graph_that_baked_a_host_value_is_caught_by_its_check(smol, prompts, reference, fresh_state,
+                                                               monkeypatch, caplog):
+    """A step that advances its positions into a new tensor runs right eagerly, but its graph
+    keeps reading the positions it captured: the check of the first graph's second replay
+    against the eager step catches it, turns graphs off with a warning, and the texts stay right."""
+    monkeypatch.setattr(graph_decode, "capture", emulated_capture)
+
+    def new_positions(self):  # GraphStep.__call__ with `pos = pos + 1` for `pos.add_(1)`
+        self.pre.set_valid(self.valid)
+        self.valid.index_fill_(1, self.col, True)
+        out = self.forward(self.ids, self.pos, self.valid)
+        self.last.copy_(out.logits[:, -1, :])
+        self.ids.copy_(self.last.argmax(-1, keepdim=True))
+        self.col.add_(1)
+        self.pos = self.pos + 1
+
+    monkeypatch.setattr(graph_decode.GraphStep, "__call__", new_positions)
+    with caplog.at_level(logging.WARNING):
+        got, stats = _decode(smol, prompts)
+    assert got == reference
+    assert graph_decode.GRAPHS_OK["cpu"] is False and stats["gen_graph_checks"] == 1
+    assert stats["gen_graph_replays"] == 1  # the first replay only, from the captured state
+    assert "disagrees with the same step run eagerly" in caplog.text
 
 
 def test_the_emulator_bakes_host_values_into_its_graph():
@@ -161,7 +187,7 @@ def test_phi_architecture_replays_the_default_tokens(fresh_state, monkeypatch, i
     lm._shared_decode = in_place
     with torch.inference_mode():
         got = lm._greedy_batch(prompts, ["@@never@@"], 12)
-    assert got == ref and lm.stats["gen_graph_replays"] == 11 - graph_decode.GRAPH_WARMUP
+    assert got == ref and lm.stats["gen_graph_replays"] == 11 - graph_decode.GRAPH_WARMUP - lm.stats["gen_graph_checks"]
     assert lm.stats["gen_prefix_in_place_batches"] == int(in_place)
 
 
