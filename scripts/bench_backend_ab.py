@@ -3,6 +3,7 @@ alternating, per task seconds of each (best of --rounds) and their ratio.
 Generation tasks (--max-gen-toks to shorten them) report how many texts differ instead.
 
     python scripts/bench_backend_ab.py --rev 81ff485 --tasks piqa,hellaswag --limit 200
+    python scripts/bench_backend_ab.py --rev HEAD --new-option cuda_graphs=1 --tasks gsm8k --limit 64
 
 The whole `evals` package at REV is loaded from `git show REV:...` as a package of its own
 (`evals_at_REV`, its imports and the attention implementations it registers with transformers
@@ -78,8 +79,12 @@ def main(argv=None) -> int:
                    help="instead of --limit: the first N documents of every sub-task (as phi2eval run --limit N)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-gen-toks", type=int, default=None, help="generation tasks: override max_gen_toks")
+    p.add_argument("--new-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a FastLM option for the working tree's side only, e.g. cuda_graphs=1 (with --rev HEAD: "
+                        "the option against the same code without it)")
     p.add_argument("--out", default=None, help="JSON path for the record")
     args = p.parse_args(argv)
+    new_opts = dict(o.split("=", 1) for o in args.new_option)
     os.environ.setdefault("PHI2EVAL_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     from lm_eval.tasks import TaskManager
 
@@ -93,6 +98,7 @@ def main(argv=None) -> int:
     from evals.run import cpu_model, git_commit
 
     record = {"command": " ".join(["python", *sys.argv]), "rev": args.rev, "rev_commit": resolve_rev(args.rev),
+              "new_options": new_opts,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
               "device_name": cpu_model(), "torch_threads": torch.get_num_threads(), "tasks": {}}
     print(f"{'task':<14}{'old s':>14}{'new s':>14}{'new/old':>9}{'max|dLL| or differing texts':>30}", flush=True)
@@ -102,7 +108,7 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             pairs = [("old", Old), ("new", FastLM)]
             for label, cls in pairs if r % 2 == 0 else pairs[::-1]:
-                lm = cls(model, tok, max_length=max_len)
+                lm = cls(model, tok, max_length=max_len, **(new_opts if label == "new" else {}))
                 t = time.perf_counter()
                 call = lm.loglikelihood if kind == "loglikelihood" else lm.generate_until
                 outs[label] = call(insts, disable_tqdm=True)
