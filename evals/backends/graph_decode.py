@@ -46,8 +46,10 @@ GRAPH_WARMUP = 1  # eager steps per batch shape before its capture
 # per device type: None until a replay has been checked against an eager step there (check_replay),
 # then whether it agreed; False also once a capture has failed (graphs off for the process)
 GRAPHS_OK: dict[str, bool | None] = {}
-# largest difference of a replay's logits from an eager step's, relative to max(1, largest logit)
-GRAPH_TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+# largest difference of a replay's logits from an eager step's, relative to max(1, largest logit):
+# the same kernels, but a library may pick another algorithm under capture (rounding in half
+# precision); a value baked into a graph (a stale position or column) moves logits far more
+GRAPH_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 5e-2}
 
 try:  # transformers >= 4.56: caches made of per-layer objects
     from transformers.cache_utils import DynamicLayer
@@ -214,7 +216,7 @@ class StepRunner:
         _eager(step, self.device)
         ref = step.last.float()
         diff = (got - ref).abs().max().item()
-        ok = diff <= GRAPH_TOLERANCE.get(step.last.dtype, 2e-2) * max(1.0, ref.abs().max().item())
+        ok = diff <= GRAPH_TOLERANCE.get(step.last.dtype, 5e-2) * max(1.0, ref.abs().max().item())
         GRAPHS_OK[dev] = ok
         self.stats["gen_graph_checks"] += 1
         if not ok:
