@@ -107,23 +107,24 @@ def test_a_step_that_reads_the_device_on_the_host_is_not_captured(smol, prompts,
     assert "could not be captured as a CUDA graph" in caplog.text
 
 
+def _new_positions(self):
+    """GraphStep.__call__ with `pos = pos + 1` for `pos.add_(1)`: right eagerly, stale in a graph."""
+    self.pre.set_valid(self.valid)
+    self.valid.index_fill_(1, self.col, True)
+    out = self.forward(self.ids, self.pos, self.valid)
+    self.last.copy_(out.logits[:, -1, :])
+    self.ids.copy_(self.last.argmax(-1, keepdim=True))
+    self.col.add_(1)
+    self.pos = self.pos + 1
+
+
 def test_a_graph_that_baked_a_host_value_is_caught_by_its_check(smol, prompts, reference, fresh_state,
                                                                monkeypatch, caplog):
     """A step that advances its positions into a new tensor runs right eagerly, but its graph
     keeps reading the positions it captured: the check of the first graph's second replay
     against the eager step catches it, turns graphs off with a warning, and the texts stay right."""
     monkeypatch.setattr(graph_decode, "capture", emulated_capture)
-
-    def new_positions(self):  # GraphStep.__call__ with `pos = pos + 1` for `pos.add_(1)`
-        self.pre.set_valid(self.valid)
-        self.valid.index_fill_(1, self.col, True)
-        out = self.forward(self.ids, self.pos, self.valid)
-        self.last.copy_(out.logits[:, -1, :])
-        self.ids.copy_(self.last.argmax(-1, keepdim=True))
-        self.col.add_(1)
-        self.pos = self.pos + 1
-
-    monkeypatch.setattr(graph_decode.GraphStep, "__call__", new_positions)
+    monkeypatch.setattr(graph_decode.GraphStep, "__call__", _new_positions)
     with caplog.at_level(logging.WARNING):
         got, stats = _decode(smol, prompts)
     assert got == reference
@@ -211,3 +212,20 @@ def test_out_of_memory_in_a_capture_is_left_to_the_budget_backoff(smol, prompts,
     assert "cpu" not in graph_decode.GRAPHS_OK
     got, stats = _decode(smol, prompts)
     assert got == reference and stats["gen_graph_replays"] > 0
+
+
+def test_the_check_compares_positions_exactly_where_logits_barely_move(fresh_state, monkeypatch, caplog):
+    """Random weights in bfloat16: a position one step stale moves the logits by less than the
+    half-precision tolerance (0.004 here), so the check also compares the positions, column and
+    mask the two steps leave, exactly."""
+    from evals.random_model import build_random
+
+    monkeypatch.setattr(graph_decode, "capture", emulated_capture)
+    monkeypatch.setattr(graph_decode.GraphStep, "__call__", _new_positions)
+    model, tok, _ = build_random("tiny-phi", "bfloat16", "cpu")
+    prompts = [tok(FEWSHOT + f"Q: {q}\nA:")["input_ids"] for q in QUESTIONS[:4]]
+    lm = FastLM(model, tok, max_length=2048, cuda_graphs=True)
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        lm._greedy_batch(prompts, ["@@never@@"], 6)
+    assert graph_decode.GRAPHS_OK["cpu"] is False and lm.stats["gen_graph_checks"] == 1
+    assert "other positions or mask" in caplog.text
