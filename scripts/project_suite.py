@@ -232,8 +232,9 @@ def main(argv=None) -> int:
     p.add_argument("--gen-batch", type=int, default=64, help="prompts decoded together (floor)")
     p.add_argument("--bench", action="append", default=[], help="bench_runner JSON with measured rates")
     p.add_argument("--decode-step", default=None,
-                   help="bench_decode_step.py JSON: a step that reads its prefix in place costs the measured "
-                        "step cost times its operations over the expanded path's (default: the same cost)")
+                   help="bench_decode_step.py JSON: from a CPU, a step that reads its prefix in place costs 25 ms "
+                        "times its operations over the expanded step's; from CUDA, each step its measured time "
+                        "(default: 25 ms for every step; see step_costs)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="decoding steps replayed as CUDA graphs (--cuda-graphs), at the time --decode-step measured on CUDA")
     p.add_argument("--out", default=None)
