@@ -38,7 +38,11 @@ def reference(smol, prompts):
 
 @pytest.fixture
 def fresh_state(monkeypatch):
+    """The process-wide checks (graphs, fused attention) start afresh and are restored after."""
+    from evals.backends import prefix_attention
+
     monkeypatch.setattr(graph_decode, "GRAPHS_OK", {})
+    monkeypatch.setattr(prefix_attention, "LSE_PATH", {})
 
 
 def _decode(smol, prompts, max_gen=24, in_place=True, until=UNTIL):
