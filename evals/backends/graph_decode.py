@@ -6,7 +6,7 @@ graph records a step's kernels once and launches them all at once on every repla
 the same kernels on the same memory, so every tensor a step reads or writes must stay at one
 address and keep its shape, and nothing may be decided on the host within a step:
 
-* the rows' KV cache is the buffer reserved for the whole decode (fast.ReservedLayer), read
+* the rows' KV cache is the buffer reserved for the whole decode (kv_cache.ReservedLayer), read
   whole, [rows, kv heads, T, d] with T = its prompt columns + max_gen - 1; each step writes its
   keys and values at column `col`, a one-element device tensor advanced inside the graph
   (GraphLayer), not at a Python index;
@@ -40,6 +40,9 @@ from collections.abc import Callable
 
 import torch
 
+from evals.backends import kv_cache
+from evals.backends.kv_cache import compact_cache, compact_order
+
 log = logging.getLogger(__name__)
 
 GRAPH_WARMUP = 1  # eager steps per batch shape before its capture
@@ -52,18 +55,13 @@ GRAPHS_OK: dict[str, bool | None] = {}
 # random:phi-2-narrow in bfloat16), so check_replay compares positions, column and mask exactly
 GRAPH_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-2, torch.bfloat16: 5e-2}
 
-try:  # transformers >= 4.56: caches made of per-layer objects
-    from transformers.cache_utils import DynamicLayer
-except ImportError:  # pragma: no cover - older transformers: no graph steps
-    DynamicLayer = None
+if kv_cache.DynamicLayer is not None:
 
-
-if DynamicLayer is not None:
-
-    class GraphLayer(DynamicLayer):
-        """A cache layer (from a fast.ReservedLayer) whose keys and values are the whole reserved
-        buffers; update writes the step's key and value at column `col` (a device tensor of one
-        element, shared by the layers) and returns the whole buffers."""
+    class GraphLayer(kv_cache.ReservedLayer):
+        """A ReservedLayer whose update writes the step's key and value at column `col` (a device
+        tensor of one element, shared by the layers) and returns the whole reserved buffers. Its
+        `keys`/`values` (views of the written columns, host side) are not advanced by the steps:
+        GraphStep.compact sets them before compact_cache, which moves those columns."""
 
         col: torch.Tensor
 
@@ -74,14 +72,13 @@ if DynamicLayer is not None:
 
 
 def graph_layers(cache, width: int) -> list | None:
-    """The layers of `cache` if every one is a fast.ReservedLayer holding its keys in a buffer of
-    at least `width` tokens (one step's keys may be written at any column below it); else None."""
+    """The layers of `cache` if every one is a kv_cache.ReservedLayer holding its keys in a buffer
+    of at least `width` tokens (one step's keys may be written at any column below it); else None."""
     layers = getattr(cache, "layers", None)
-    if DynamicLayer is None or not layers:
+    if kv_cache.DynamicLayer is None or not layers:
         return None
     for layer in layers:
-        in_buffer = getattr(layer, "_in_buffer", None)
-        if not callable(in_buffer) or not in_buffer() or layer._kbuf.shape[-2] < width:
+        if not isinstance(layer, kv_cache.ReservedLayer) or not layer._in_buffer() or layer._kbuf.shape[-2] < width:
             return None
     return list(layers)
 
@@ -94,17 +91,16 @@ class GraphStep:
     token into `ids`, its logits into `last`, and advances `col` and `pos`. `filled`: cache columns
     written so far (host side)."""
 
-    def __init__(self, forward: Callable, layers: list, pre, logits: torch.Tensor, mask: torch.Tensor,
+    def __init__(self, forward: Callable, cache, pre, logits: torch.Tensor, mask: torch.Tensor,
                  next_pos: torch.Tensor):
         B, n = mask.shape
         dev = mask.device
-        self.forward, self.layers, self.pre = forward, layers, pre
+        self.forward, self.cache, self.pre = forward, cache, pre
         self.col = torch.full((1,), n, dtype=torch.long, device=dev)
-        for layer in layers:
+        for layer in cache.layers:
             layer.__class__ = GraphLayer
             layer.col = self.col
-            layer.keys, layer.values = layer._kbuf, layer._vbuf
-        T = layers[0]._kbuf.shape[-2]
+        T = cache.layers[0]._kbuf.shape[-2]
         self.valid = torch.zeros(B, T, dtype=torch.bool, device=dev)
         self.valid[:, :n] = mask.bool()
         self.ids = logits.argmax(-1, keepdim=True)
@@ -134,21 +130,11 @@ class GraphStep:
         self.pos.add_(1)
 
     def compact(self, order: list[int]) -> None:
-        """Keep rows `order` (fast.compact_order: the rows past len(order) move into the holes),
-        moving only the written columns of the moved rows, in place."""
-        m = len(order)
-        moved = [i for i, r in enumerate(order) if r != i]
-        dev = self.ids.device
-        if moved:
-            dst = torch.tensor(moved, device=dev)
-            src = torch.tensor([order[i] for i in moved], device=dev)
-            for layer in self.layers:
-                layer._kbuf[dst, :, :self.filled] = layer._kbuf[src, :, :self.filled]
-                layer._vbuf[dst, :, :self.filled] = layer._vbuf[src, :, :self.filled]
-        for layer in self.layers:
-            layer._kbuf, layer._vbuf = layer._kbuf[:m], layer._vbuf[:m]
-            layer.keys, layer.values = layer._kbuf, layer._vbuf
-        sel = torch.tensor(order, device=dev)
+        """Keep rows `order` (kv_cache.compact_order: the rows past len(order) move into the
+        holes), moving only the written columns of the moved rows, in place (compact_cache)."""
+        for layer in self.cache.layers:
+            layer.use_buffers(layer._kbuf, layer._vbuf, self.filled)  # the columns written so far
+        sel = compact_cache(self.cache, order, self.ids.device)
         self.valid, self.ids, self.pos, self.last = self.valid[sel], self.ids[sel], self.pos[sel], self.last[sel]
         if self.pre is not None:
             self.pre.keep_rows(order)
@@ -259,12 +245,9 @@ def decode(forward: Callable, logits, cache, mask, next_pos, pre, stops, max_gen
     GraphSteps (`forward`: see GraphStep).
     Returns False, having done nothing, where the cache is not a reserved buffer with room for
     max_gen - 1 more tokens."""
-    from evals.backends.fast import compact_order  # fast.py imports this module
-
-    layers = graph_layers(cache, mask.shape[1] + max_gen - 1)
-    if layers is None:
+    if graph_layers(cache, mask.shape[1] + max_gen - 1) is None:
         return False
-    step = GraphStep(forward, layers, pre, logits, mask, next_pos)
+    step = GraphStep(forward, cache, pre, logits, mask, next_pos)
     device = mask.device
     pool = torch.cuda.graph_pool_handle() if device.type == "cuda" else None
     run = StepRunner(step, device, stats, pool)
