@@ -21,9 +21,9 @@ address and keep its shape, and nothing may be decided on the host within a step
   front of the buffers, in place, and the step is captured again for fewer rows.
 
 Each batch shape runs GRAPH_WARMUP steps eagerly (on a side stream, as CUDA graphs want), then
-captures one step and replays it. The first graph of a process is checked at its second replay
-against the same step run eagerly (StepRunner.check_replay): graphs stay on only if their logits
-agree. A capture that fails, or a check that does not agree, turns graphs off for the process
+captures one step and replays it. Every graph is checked at its second replay against the same
+step run eagerly (StepRunner.check_replay): graphs stay on only if their positions, cache column
+and mask are equal and their logits agree. A capture that fails, or a check that does not agree, turns graphs off for the process
 (with a warning); the steps then run eagerly, with the same results. On the CPU there are no graphs and
 the same steps run eagerly; the tests replay them through a CPU stand-in for a CUDA graph that
 re-runs the recorded operations on the same tensors (tests/backends/graph_emulator.py), which
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 GRAPH_WARMUP = 1  # eager steps per batch shape before its capture
 # per device type: None until a replay has been checked against an eager step there (check_replay),
-# then whether it agreed; False also once a capture has failed (graphs off for the process)
+# then whether every check agreed; False also once a capture has failed (graphs off for the process)
 GRAPHS_OK: dict[str, bool | None] = {}
 # largest difference of a replay's logits from an eager step's, relative to max(1, largest logit):
 # the same kernels, but a library may pick another algorithm under capture (rounding in half
@@ -182,7 +182,7 @@ class StepRunner:
             self.warm -= 1
             _eager(self.step, self.device)
             return
-        if self.replays == 1 and GRAPHS_OK.get(self.device.type) is None:
+        if self.replays == 1:  # every graph, at its second replay
             self.check_replay()
             return
         self.replay()
@@ -193,8 +193,9 @@ class StepRunner:
         """A step replayed and, from the same state, run eagerly: if the positions, cache column
         and mask they leave differ, or their logits (a value the graph baked in at capture, an
         operation it did not record), graphs are turned off for the process with a warning.
-        Done once per device type, at a graph's second replay (the first runs from the state it
-        was captured in, where a baked value is still right). The eager step's state stands.
+        Done for every graph (each batch shape: a fault may show in one shape only), at its
+        second replay (the first runs from the state it was captured in, where a baked value is
+        still right): one eager step per capture. The eager step's state stands.
         Returns whether they agreed."""
         step, dev = self.step, self.device.type
         saved = [t.clone() for t in step.state()]
@@ -208,7 +209,7 @@ class StepRunner:
         got, ref = replayed[4].float(), eager[4].float()
         diff = (got - ref).abs().max().item()
         ok = exact and diff <= GRAPH_TOLERANCE.get(step.last.dtype, 5e-2) * max(1.0, ref.abs().max().item())
-        GRAPHS_OK[dev] = ok
+        GRAPHS_OK[dev] = ok and GRAPHS_OK.get(dev) is not False
         self.stats["gen_graph_checks"] += 1
         if not ok:
             log.warning("a decoding step replayed as a CUDA graph disagrees with the same step run eagerly on %s "

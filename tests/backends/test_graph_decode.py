@@ -73,8 +73,8 @@ def test_replayed_graphs_give_the_default_texts(smol, prompts, reference, fresh_
     assert got == reference
     assert stats["gen_prefix_in_place_batches"] == int(in_place)
     assert stats["gen_graph_captures"] == 2  # the full batch, then the rows left after compaction
-    assert stats["gen_graph_checks"] == 1 and graph_decode.GRAPHS_OK["cpu"] is True  # replay == eager step
-    assert stats["gen_graph_replays"] == stats["gen_graph_steps"] - 2 * graph_decode.GRAPH_WARMUP - 1
+    assert stats["gen_graph_checks"] == 2 and graph_decode.GRAPHS_OK["cpu"] is True  # each graph == eager step
+    assert stats["gen_graph_replays"] == stats["gen_graph_steps"] - 2 * graph_decode.GRAPH_WARMUP - 2
 
 
 def test_prompts_without_a_shared_prefix_replay_too(smol, fresh_state, monkeypatch):
@@ -137,6 +137,25 @@ def test_a_graph_that_baked_a_host_value_is_caught_by_its_check(smol, prompts, r
     assert "disagrees with the same step run eagerly" in caplog.text
 
 
+def test_a_fault_in_a_later_graph_shape_is_caught_too(smol, prompts, reference, fresh_state, monkeypatch, caplog):
+    """Every graph is checked, not only a process's first: a step that goes stale only after the
+    batch is compacted (its second graph) is caught there, graphs go off, the texts stay right."""
+    monkeypatch.setattr(graph_decode, "capture", emulated_capture)
+    real = graph_decode.GraphStep.compact
+
+    def compact_then_stale(self, order):
+        real(self, order)
+        self.__class__ = type("StaleStep", (graph_decode.GraphStep,), {"__call__": _new_positions})
+
+    monkeypatch.setattr(graph_decode.GraphStep, "compact", compact_then_stale)
+    with caplog.at_level(logging.WARNING):
+        got, stats = _decode(smol, prompts)
+    assert got == reference
+    assert stats["gen_graph_captures"] == 2 and stats["gen_graph_checks"] == 2
+    assert graph_decode.GRAPHS_OK["cpu"] is False
+    assert "disagrees with the same step run eagerly" in caplog.text
+
+
 def test_the_emulator_bakes_host_values_into_its_graph():
     """The stand-in fails where a CUDA graph would: a column chosen on the host is the captured
     one at every replay; one held in a device tensor advances."""
@@ -160,11 +179,32 @@ def test_the_emulator_bakes_host_values_into_its_graph():
     assert buf.tolist() == [[2.0, 1.0, 1.0, 0.0]] * 2  # host: column 0 three times; device: 0, 1, 2
 
 
-def test_the_emulator_refuses_host_reads():
-    x = torch.ones(3)
+_X, _MASK, _REPEATS = torch.arange(6.0), torch.arange(6) > 2, torch.ones(6, dtype=torch.long)
+# what a CUDA capture refuses: a value read on the host, an output sized by device data, host data copied in
+REFUSED = {"item": lambda: _X.add_(_X.sum().item()), "bool": lambda: bool(_X.any()), "nonzero": lambda: _MASK.nonzero(),
+           "boolean index": lambda: _X[_MASK], "boolean index write": lambda: _X.__setitem__(_MASK, 0.0),
+           "masked_select": lambda: _X.masked_select(_MASK), "unique": lambda: _X.unique(),
+           "repeat_interleave": lambda: _X.repeat_interleave(_REPEATS), "torch.tensor(list)": lambda: torch.tensor([1, 2])}
+# what it takes: fixed-size results, integer indices, a scalar
+ALLOWED = {"where": lambda: torch.where(_MASK, _X, 0.0), "masked_fill_": lambda: _X.masked_fill_(_MASK, 0.0),
+           "integer index": lambda: _X[torch.arange(3)], "index_fill_": lambda: _X.index_fill_(0, _REPEATS[:1], 1.0),
+           "repeat_interleave with output_size": lambda: _X.repeat_interleave(_REPEATS, output_size=6),
+           "repeat_interleave by an int": lambda: _X.repeat_interleave(2), "torch.tensor(scalar)": lambda: torch.tensor(3.0)}
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_the_emulator_refuses_what_a_cuda_capture_refuses(name):
+    before = _X.clone()
     with pytest.raises(CaptureSyncError):
-        EmulatedGraph().capture(lambda: x.add_(x.sum().item()))
-    assert x.tolist() == [1.0, 1.0, 1.0]
+        EmulatedGraph().capture(lambda: (_X.add_(1.0), REFUSED[name]()))
+    assert torch.equal(_X, before)  # a failed capture has run nothing either
+
+
+@pytest.mark.parametrize("name", ALLOWED)
+def test_the_emulator_captures_fixed_size_operations(name):
+    before = _X.clone()
+    EmulatedGraph().capture(ALLOWED[name])
+    assert torch.equal(_X, before)  # captured, nothing changed
 
 
 def test_only_a_reserved_cache_decodes_in_graphs(smol, prompts, reference, fresh_state, monkeypatch):
