@@ -1,6 +1,5 @@
 """The shared runner: validate every benchmark, load the model once, run each benchmark through lm-eval."""
 
-import json
 import math
 import os
 import platform

@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evals.aggregate import Z95, BenchmarkScore, CategoryScore, ModelSummary, aggregate, load_results
+from evals.aggregate import BenchmarkScore, CategoryScore, ModelSummary, aggregate, load_results
 from evals.reference import Reference, load_reference, load_suite
 
 log = logging.getLogger(__name__)

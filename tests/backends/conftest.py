@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-import torch
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

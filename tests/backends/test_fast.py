@@ -8,7 +8,6 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from evals.backends import batching
 from evals.backends.fast import FastLM, common_prefix_len, share_clusters
 
 FEWSHOT = "The following are questions with answers.\n\n" + "".join(

@@ -1,6 +1,5 @@
 """SQuAD v2 EM/F1 (official evaluate-v2.0.py rules) against hand-computed values."""
 
-import json
 from pathlib import Path
 
 import pytest
