@@ -18,7 +18,9 @@ the requests from configs/tasks, exactly as a run does), then turns it into time
             --decode-step, a bench_decode_step.py record: measured on the CPU, a step that reads
             its prefix in place costs 25 ms x its operations over the expanded step's; measured
             on CUDA, each kind of step costs its measured time, and with --cuda-graphs every
-            step the time of a step replayed as a CUDA graph (step_costs).
+            step the time of a step replayed as a CUDA graph (step_costs). Log-likelihood
+            forward passes (the backend's batches on the device, and one prefix pass per
+            few-shot cluster) cost the same 25 ms each.
   measured  (--bench, from scripts/bench_runner.py JSON of the same model and device) each
             benchmark's workload tokens over the measured tokens/s of the fast backend for
             that task, or for its request type when the task was not measured.
@@ -88,11 +90,14 @@ def token_counter(tokenizer, max_length: int, max_gen_toks: int = 256):
     return lm
 
 
-def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple | None = None) -> dict:
+def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple | None = None,
+               ll_plan: tuple | None = None) -> dict:
     """Request counts, tokens and the fast backend's work for one benchmark's requests
     (`ratio`: the merge ratio of the model; default from lm.model). `gen_plan` (generation
     batches' token budget, padding allowance[, mix]: gen_batches_of): also the decoding loops the backend's batch
-    planner makes (gen_batches) and their steps at max_gen_toks (decode_steps)."""
+    planner makes (gen_batches) and their steps at max_gen_toks (decode_steps). `ll_plan`
+    (log-likelihood token budget, pool_tokens, packed: ll_batches_of): also its log-likelihood
+    forward passes (ll_batches, ll_prefix_passes)."""
     from bench_runner import hf_work
 
     from evals.backends.fast import merge_ratio, plan_loglikelihood
@@ -101,10 +106,13 @@ def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple
     rec = {"request_type": kind, "n_docs": len({(i.task_name, i.doc_id) for i in insts}), "n_requests": len(insts)}
     if kind == "loglikelihood":
         pairs = [lm._encode_pair(*inst.args) for inst in insts]
-        plan = plan_loglikelihood(pairs, lm.max_length, ratio if ratio is not None else merge_ratio(lm.model))
+        plan = plan_loglikelihood(pairs, lm.max_length, ratio if ratio is not None else merge_ratio(lm.model),
+                                  pool_tokens=ll_plan[1] if ll_plan else 0)
         hf_tok = hf_work(lm, insts)
         rec.update(workload_tokens=sum(len(c) + len(x) for c, x in pairs), fast_forward_tokens=plan.forward_tokens(),
                    fast_logit_positions=plan.scored_positions(), hf_forward_tokens=hf_tok, hf_logit_positions=hf_tok)
+        if ll_plan is not None:
+            rec.update(ll_batches_of(plan, ll_plan[0], ll_plan[2]))
     else:
         from evals.backends.fast import share_clusters
 
@@ -129,6 +137,21 @@ def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple
         if gen_plan is not None:
             rec.update(gen_batches_of(prompts, gens, *gen_plan))
     return rec
+
+
+def ll_batches_of(plan, budget_tokens: int, packed: bool) -> dict:
+    """Log-likelihood forward passes as the fast backend runs a plan (plan_loglikelihood):
+    run_batched's batches at `budget_tokens` (`packed`: cut by real tokens, as on CUDA; else by
+    padded size and the padding ratio, as on the CPU), and one prefix pass per cluster."""
+    from evals.backends.batching import TokenBudget, sort_order, take_batch
+
+    budget = TokenBudget(budget_tokens)
+    order = sort_order(plan.lengths, plan.row_keys)
+    batches, start = 0, 0
+    while start < len(order):
+        start = take_batch(plan.lengths, order, start, budget, plan.row_keys, plan.pad, packed=packed)
+        batches += 1
+    return {"ll_batches": batches, "ll_prefix_passes": len({k for k in plan.row_keys if k is not None})}
 
 
 def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste: int, mix: bool = False) -> dict:
@@ -266,6 +289,13 @@ def main(argv=None) -> int:
     free = MEMORY[args.device] - weight_bytes
     gen_budget = kv_budget_tokens(free, kv_bytes, GPU_GEN_MEMORY_SHARE, 1024)  # as gen_budget_tokens on CUDA
     gen_plan = (gen_budget, gen_pad_waste_tokens(weight_bytes, kv_bytes, True, gen_budget))
+    # log-likelihood batches as the backend cuts them on CUDA (default_budget: 60% of the free
+    # memory at CUDA_BYTES_PER_TOKEN; packed rows; one-row clusters pooled at two forward passes' cost)
+    from evals.backends.batching import CUDA_BYTES_PER_TOKEN, MAX_TOKENS
+    from evals.backends.fast import GPU_FORWARD_OVERHEAD_S, overhead_tokens
+
+    ll_budget = max(1024, min(MAX_TOKENS, int(free * 0.6) // CUDA_BYTES_PER_TOKEN))
+    ll_plan = (ll_budget, 2 * overhead_tokens(body + head + emb, True, ll_budget), True)
     suite = yaml.safe_load((ROOT / "configs" / "suites" / "phi2.yaml").read_text())
     names = args.benchmarks.split(",") if args.benchmarks else [
         b["benchmark"] for c in suite["categories"] for b in c["benchmarks"]]
@@ -276,12 +306,15 @@ def main(argv=None) -> int:
     record = json.loads(Path(args.decode_step).read_text()) if args.decode_step else None
     expanded_s, in_place_s, step_label = step_costs(record, args.cuda_graphs)
     step_ratio = in_place_s / expanded_s
-    rows, tot_floor, tot_meas, tot_hf, tot_launch = {}, 0.0, 0.0, 0.0, 0.0
+    rows, tot_floor, tot_meas, tot_hf, tot_launch, tot_ll_launch = {}, 0.0, 0.0, 0.0, 0.0, 0.0
     print(f"{'benchmark':<12}{'docs':>7}{'requests':>9}{'workload tok':>13}{'fast fwd tok':>13}{'TFLOP':>8}"
           f"{'floor s':>9}{'measured s':>11}{'hf s':>9}", flush=True)
     for name in names:
         _, insts = build_requests(name, 10**9, tm, None)
-        rec = count_work(name, insts, lm, ratio, gen_plan)
+        rec = count_work(name, insts, lm, ratio, gen_plan, ll_plan)
+        if "ll_batches" in rec:
+            rec["launch_bound_ll_s"] = round((rec["ll_batches"] + rec["ll_prefix_passes"]) * GPU_FORWARD_OVERHEAD_S, 1)
+            tot_ll_launch += rec["launch_bound_ll_s"]
         if "decode_steps" in rec:
             in_place = rec["decode_steps_prefix_in_place"]
             rec["launch_bound_decode_s"] = round((rec["decode_steps"] - in_place) * expanded_s + in_place * in_place_s, 1)
@@ -310,6 +343,11 @@ def main(argv=None) -> int:
           f"{step_label})")
     print(f"  of {sum(r.get('decode_steps', 0) for r in rows.values())} steps, "
           f"{sum(r.get('decode_steps_prefix_in_place', 0) for r in rows.values())} read a few-shot prefix in place")
+    ll_passes = sum(r.get("ll_batches", 0) + r.get("ll_prefix_passes", 0) for r in rows.values())
+    print(f"log-likelihood forward passes' fixed cost: {tot_ll_launch / 60:.1f} min ({ll_passes} passes at "
+          f"{GPU_FORWARD_OVERHEAD_S * 1000:.0f} ms: the backend's batches on {args.device}, budget {ll_plan[0]} tokens, "
+          f"clusters of one row pooled below {ll_plan[1]} tokens of added attention, and one prefix pass per cluster)")
+    print(f"on paper: floor + both fixed costs = {(tot_floor + tot_launch + tot_ll_launch) / 60:.1f} min")
     if per_task or per_kind:
         print(f"total from measured rates: fast {tot_meas / 60:.1f} min, hf {tot_hf / 60:.1f} min"
               + ("" if measured_all else " (some benchmarks unmeasured)"))
@@ -328,6 +366,9 @@ def main(argv=None) -> int:
         "step_ratio_prefix_in_place": round(step_ratio, 3), "step_cost_basis": step_label,
         "step_cost_from": args.decode_step, "cuda_graphs": args.cuda_graphs,
         "total_launch_bound_decode_s": round(tot_launch, 1),
+        "ll_budget_tokens": ll_plan[0], "ll_pool_tokens": ll_plan[1],
+        "total_launch_bound_ll_s": round(tot_ll_launch, 1),
+        "total_on_paper_s": round(tot_floor + tot_launch + tot_ll_launch, 1),
         "total_measured_s": round(tot_meas, 1) if per_task or per_kind else None,
         "total_measured_hf_s": round(tot_hf, 1) if per_task or per_kind else None,
         "measured_complete": measured_all if per_task or per_kind else False,

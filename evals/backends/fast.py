@@ -168,6 +168,10 @@ def attention_kernels(device: torch.device):
 # CPU launching kernels, so it does not shrink with the batch.
 GPU_FORWARD_OVERHEAD_S = 0.025
 GPU_ASSUMED_FLOPS = 400e12  # bf16 matrix-product rate assumed for the trade-off (H100/H200)
+# On the CPU (2 cores, SmolLM2-135M, float32) a forward pass of 1 token took 25 ms and one of
+# 1024 tokens 1.17 s: 190 GFLOP/s of matrix products, and a fixed cost of about 18 tokens' worth
+CPU_FORWARD_OVERHEAD_S = 0.025
+CPU_ASSUMED_FLOPS = 190e9
 
 
 def gpu_pad_waste(model: Any, budget_tokens: int, attention_only: bool = False) -> int:
@@ -179,11 +183,24 @@ def gpu_pad_waste(model: Any, budget_tokens: int, attention_only: bool = False) 
     tokens, so there it decides where attention groups split (packed_groups); a group costs
     only its attention calls' launches, less than a forward pass, so this errs towards fewer,
     more padded groups (not measured on a GPU yet)."""
-    n_params = sum(p.numel() for p in model.parameters())
-    per_s = GPU_ASSUMED_FLOPS / (2 * max(1, n_params))
-    if attention_only:
-        per_s *= max(1.0, merge_ratio(model) / 1024)
-    return int(min(budget_tokens // 4, GPU_FORWARD_OVERHEAD_S * per_s))
+    factor = max(1.0, merge_ratio(model) / 1024) if attention_only else 1.0
+    return overhead_tokens(sum(p.numel() for p in model.parameters()), True, budget_tokens, factor)
+
+
+def overhead_tokens(n_params: int, cuda: bool, budget_tokens: int, factor: float = 1.0) -> int:
+    """A forward pass's fixed cost in tokens of matrix products (times `factor`) of a model of
+    `n_params`: on a GPU the tokens it computes in GPU_FORWARD_OVERHEAD_S (1800 for Phi-2), at
+    most a quarter of the token budget; on the CPU in CPU_FORWARD_OVERHEAD_S at
+    CPU_ASSUMED_FLOPS (17 for SmolLM2-135M)."""
+    if cuda:
+        tokens = factor * GPU_FORWARD_OVERHEAD_S * GPU_ASSUMED_FLOPS / (2 * max(1, n_params))
+        return int(min(budget_tokens // 4, tokens))
+    return int(factor * CPU_FORWARD_OVERHEAD_S * CPU_ASSUMED_FLOPS / (2 * max(1, n_params)))
+
+
+def forward_cost_tokens(model: Any, device: torch.device, budget_tokens: int) -> int:
+    """overhead_tokens of `model` on `device` (its fixed cost per forward pass, in tokens)."""
+    return overhead_tokens(sum(p.numel() for p in model.parameters()), device.type == "cuda", budget_tokens)
 
 
 def _weight_bytes(model: Any) -> int:
@@ -406,13 +423,19 @@ class LoglikelihoodPlan:
         return n
 
 
-def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool = False) -> LoglikelihoodPlan:
+def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool = False,
+                       pool_tokens: float = 0) -> LoglikelihoodPlan:
     """Rows for (context tokens, continuation tokens) pairs, truncated like HFLM to
     max_length + 1 tokens. A request's model input is (context + continuation)[:-1]; its last
     len(continuation) positions predict the continuation. Inputs whose distinct contexts share
     >= SHARE_MIN tokens (a few-shot prompt) form a cluster: that prefix runs once, as a KV
     cache, and the cluster's rows are batched together; within a cluster (or among the
-    rest), sorted inputs are packed into prefix-trie rows (prefix_trie.pack_rows).
+    rest), sorted inputs are packed into prefix-trie rows (prefix_trie.pack_rows). A cluster
+    whose inputs, prefix included, fit one trie row (a few MMLU questions of one subject, as
+    `--limit` gives) is that row in the common pool instead, if the attention this adds costs
+    at most `pool_tokens` tokens' matrix products (forward_cost_tokens: two forward passes'
+    fixed cost): its prefix still runs once, and it shares a batch with other rows rather than
+    costing a prefix pass and a batch of its own.
 
     `local`: a row holds the inputs of one context only, so a request's numbers do not depend
     on which other documents are in the run (the same bit for bit with 1 or N processes)."""
@@ -435,7 +458,15 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool =
     plan = LoglikelihoodPlan(keys, conts_of, [], [], [], [])
     cap = max(1024, max_length)
     for (key, S, *_), idx in members.items():
-        for part, nodes in pack_rows([seqs[i] for i in idx], S, cap, ratio):
+        rows = pack_rows([seqs[i] for i in idx], S, cap, ratio)
+        if key is not None and not local and pool_tokens > 0:
+            whole = pack_rows([seqs[i] for i in idx], 0, cap, ratio)
+            # one row: its prefix still runs once; its S queries face its n other nodes' keys in
+            # a dense masked attention (S x n pairs computed for nothing), in exchange for a
+            # prefix pass and a batch of its own
+            if len(whole) == 1 and S * (whole[0][1] - S) <= pool_tokens * ratio:
+                key, S, rows = None, 0, whole
+        for part, nodes in rows:
             plan.rows.append((S, [seqs[idx[k]] for k in part]))
             plan.row_keys.append(key)
             plan.lengths.append(S + nodes)
@@ -470,6 +501,11 @@ class FastLM(TemplateLM):
     # nothing: HellaSwag/PIQA (200 docs) took 1.01x/1.00x the time at a 2048-token budget,
     # 1.09x/1.07x at 4096, HellaSwag 1.15x at 8192 (larger activations fall out of the caches)
     grouped_rows: bool | None = None
+    # a log-likelihood cluster that fits one trie row joins the common pool (plan_loglikelihood),
+    # where the attention it adds costs less than two forward passes' fixed cost
+    # (forward_cost_tokens): on an H200-sized budget, 400 documents of HellaSwag take 1 forward
+    # pass instead of 11, BoolQ 1 instead of 17, MMLU 11 instead of 77, the same tokens
+    pool_clusters = True
     # decoding under a shared few-shot prefix keeps one copy of its KV cache, not one per row
     shared_prefix_decode = True
     # ... and several clusters may share a decoding batch, each row reading its own prefix
@@ -636,6 +672,7 @@ class FastLM(TemplateLM):
             out = self.model.base_model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True)
             self._prefix = (key, _out_cache(out))
             self.stats[f"{kind}_shared_prefix_tokens"] += len(prefix)
+            self.stats[f"{kind}_prefix_passes"] += 1
         return self._prefix[1]
 
     def _prefix_cache(self, prefix: list[int], rows: int, kind: str):
@@ -652,7 +689,9 @@ class FastLM(TemplateLM):
         """Score (request_str, context_enc, continuation_enc) triples over prefix-trie rows."""
         # batch size 1 asks for results that do not depend on the rest of the run: rows of one context
         plan = plan_loglikelihood([(ctx, cont) for _, ctx, cont in requests], self.max_length,
-                                  self._merge_ratio, local=self.budget.max_rows == 1)
+                                  self._merge_ratio, local=self.budget.max_rows == 1,
+                                  pool_tokens=2 * forward_cost_tokens(self.model, self._device, self.budget.tokens)
+                                  if self.pool_clusters else 0)
         rows, conts_of = plan.rows, plan.conts_of
         try:
             with torch.inference_mode(), attention_kernels(self._device):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from evals.backends.fast import FastLM, common_prefix_len, share_clusters
+from evals.backends.fast import FastLM, common_prefix_len, plan_loglikelihood, share_clusters
 
 FEWSHOT = "The following are questions with answers.\n\n" + "".join(
     f"Q: What is {i} plus {i}?\nA: {2 * i}\n\n" for i in range(10)
@@ -58,7 +58,40 @@ def _assert_same_ll(got, ref):
 
 def test_loglikelihood_matches_hf(fast, hf_ll):
     _assert_same_ll(fast.loglikelihood(_ll_requests(), disable_tqdm=True), hf_ll)
-    assert fast.stats["ll_shared_prefix_tokens"] > 0  # the few-shot prefix was shared
+
+
+def test_a_cluster_that_fits_one_row_joins_the_pool(smol, hf_ll):
+    """The few-shot cluster (three contexts sharing FEWSHOT) fits one trie row: it runs in the
+    common pool, its prefix once as that row's first nodes, without a prefix pass of its own;
+    kept as a cluster (pool_clusters off) its prefix runs once as a KV cache. HF's answers
+    either way, and the same tokens forwarded."""
+    model, tok = smol
+    runs = {}
+    for pool in (True, False):
+        lm = FastLM(model, tok, max_length=2048, token_budget=2048)
+        lm.pool_clusters = pool
+        _assert_same_ll(lm.loglikelihood(_ll_requests(), disable_tqdm=True), hf_ll)
+        runs[pool] = dict(lm.stats)
+    prefix = runs[False]["ll_shared_prefix_tokens"]
+    assert runs[False]["ll_prefix_passes"] == 1 and prefix > 0
+    assert runs[True].get("ll_prefix_passes", 0) == 0 and runs[True].get("ll_shared_prefix_tokens", 0) == 0
+    assert runs[True]["ll_real_tokens"] == runs[False]["ll_real_tokens"] + prefix  # the prefix ran once
+
+
+def test_pooling_weighs_the_attention_it_adds():
+    """plan_loglikelihood pools a one-row cluster only where the attention pairs it adds (its S
+    prefix nodes facing its n other nodes) cost at most pool_tokens tokens of matrix products
+    (merge ratio 10 here), and never at batch size 1 (local: one context per row)."""
+    prefix = list(range(100, 140)) + [7]  # contexts sharing 41 tokens: a cluster (SHARE_MIN 32)
+    pairs = [(prefix + [k, 8], [9]) for k in range(3)] + [([1, 2, 3], [4])]
+    # pooled, the cluster is one row of 41 + 3 x 2 nodes: S x n = 41 x 6 = 246 pairs = 24.6 tokens
+    for pool_tokens, pooled in ((0, False), (24, False), (25, True), (1e9, True)):
+        plan = plan_loglikelihood(pairs, 2048, 10.0, pool_tokens=pool_tokens)
+        assert all(k is None for k in plan.row_keys) is pooled, pool_tokens
+        assert plan.forward_tokens() == 41 + 6 + 3  # the prefix once either way
+        assert sorted(plan.lengths) == ([3, 47] if pooled else [3, 43, 43, 43])  # clustered: S + 2 per row
+    local = plan_loglikelihood(pairs, 2048, 10.0, local=True, pool_tokens=1e9)
+    assert [k is not None for k in local.row_keys].count(True) == 3
 
 
 def test_loglikelihood_tokenisation_matches_hf(fast, hf_lm):

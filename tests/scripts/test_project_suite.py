@@ -36,6 +36,24 @@ def test_loglikelihood_work_equals_fast_backend_work(embedded_model):
     assert rec["hf_forward_tokens"] > rec["fast_forward_tokens"]
 
 
+@pytest.mark.parametrize("budget", [2048, 64])
+@pytest.mark.parametrize("pool", [True, False], ids=["cluster-pooled", "cluster-kept"])
+def test_loglikelihood_passes_are_those_the_backend_runs(embedded_model, budget, pool):
+    """ll_batches_of counts the batches and prefix passes FastLM runs (on the CPU: batches cut
+    by padded size; the few-shot cluster pooled into one row, or kept with its prefix pass)."""
+    import torch
+
+    from evals.backends.fast import FastLM, forward_cost_tokens
+
+    lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048, token_budget=budget)
+    lm.pool_clusters = pool
+    lm.loglikelihood(_requests(), disable_tqdm=True)
+    pool_tokens = 2 * forward_cost_tokens(lm.model, torch.device("cpu"), budget) if pool else 0
+    rec = project_suite.count_work("t", _requests(), lm, ll_plan=(budget, pool_tokens, False))
+    assert rec["ll_batches"] == lm.stats["ll_batches"]
+    assert rec["ll_prefix_passes"] == lm.stats.get("ll_prefix_passes", 0) == (0 if pool else 1)
+
+
 def test_generation_work_counts_max_new_tokens(embedded_model):
     from evals.backends.fast import FastLM
 
