@@ -90,9 +90,12 @@ def measure(lm, prompts, device, short: int, long: int, repeats: int) -> dict:
     t_short = min(decode_seconds(lm, prompts, short, device) for _ in range(repeats))
     t_long = min(decode_seconds(lm, prompts, long, device) for _ in range(repeats))
     replays = lm.stats.get("gen_graph_replays", 0)
+    # the host's time per fixed-shape step between steps (stop checks; graph_decode.decode), in the timed decodes
+    steps = lm.stats.get("gen_graph_steps", 0)
+    host_ms = round(1e3 * lm.stats.get("gen_step_host_s", 0.0) / steps, 3) if steps else None
     a, b = op_counts(lm, prompts, short, device), op_counts(lm, prompts, long, device)
     per_step = {k: (b[k] - a[k]) / (long - short) for k in set(a) | set(b)}
-    return {"timed_graph_replays": replays, "ops_per_step": round(sum(per_step.values()), 1),
+    return {"timed_graph_replays": replays, "host_ms_per_step": host_ms, "ops_per_step": round(sum(per_step.values()), 1),
             "kernel_ops_per_step": round(sum(v for k, v in per_step.items() if k not in VIEWS), 1),
             "ms_per_step": round((t_long - t_short) / (long - short) * 1e3, 2),
             "ops": {k: round(v, 2) for k, v in sorted(per_step.items(), key=lambda kv: -kv[1]) if v}}
@@ -147,11 +150,14 @@ def main(argv=None) -> int:
             row["graphs_checked_ok"] = graph_decode.GRAPHS_OK.get(dev.type)
         else:
             row.pop("timed_graph_replays")
+            row.pop("host_ms_per_step")
         if in_place:  # whether the fused attention kernels passed their check here (prefix_attention.LSE_PATH)
             pa = sys.modules[cls.__module__.rsplit(".", 1)[0] + ".prefix_attention"]
             state = getattr(pa, "LSE_PATH", {})
             row["fused_attention"] = {f"{d} {str(t).replace('torch.', '')}": v for (d, t), v in state.items()}
         print(f"{label:<40}{row['ops_per_step']:>10}{row['kernel_ops_per_step']:>10}{row['ms_per_step']:>10}", flush=True)
+        if row.get("host_ms_per_step") is not None:
+            print(f"  of which the host between steps (stop checks): {row['host_ms_per_step']} ms", flush=True)
     base = record["modes"][EXPANDED]
     for label, row in record["modes"].items():
         row["ops_vs_expanded"] = round(row["ops_per_step"] / base["ops_per_step"], 3)

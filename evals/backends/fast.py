@@ -169,7 +169,7 @@ def attention_kernels(device: torch.device):
 GPU_FORWARD_OVERHEAD_S = 0.025
 GPU_ASSUMED_FLOPS = 400e12  # bf16 matrix-product rate assumed for the trade-off (H100/H200)
 # On the CPU (2 cores, SmolLM2-135M, float32) a forward pass of 1 token took 25 ms and one of
-# 1024 tokens 1.17 s: 190 GFLOP/s of matrix products, and a fixed cost of about 18 tokens' worth
+# 1024 tokens 1.17 s: 190 GFLOP/s of matrix products, and a fixed cost of about 17 tokens' worth
 CPU_FORWARD_OVERHEAD_S = 0.025
 CPU_ASSUMED_FLOPS = 190e9
 

@@ -36,6 +36,7 @@ Opt-in (`cuda_graphs=True`, `--cuda-graphs`) until a GPU run has measured it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -256,6 +257,7 @@ def decode(forward: Callable, logits, cache, mask, next_pos, pre, stops, max_gen
     live = list(range(step.rows))  # batch rows still decoding
     while True:
         toks = step.ids[:, 0].tolist()
+        t = time.perf_counter()
         stats["gen_tokens"] += len(live)
         live = [k for k in live if not stops.add(active[k], toks[k])]
         if not live:
@@ -266,6 +268,9 @@ def decode(forward: Callable, logits, cache, mask, next_pos, pre, stops, max_gen
             active = [active[k] for k in order]
             live = list(range(len(order)))
             run = StepRunner(step, device, stats, pool)
+        # the host's own time between steps (stop checks), while the device waits for the next
+        # step: what pipelining the host reads would hide (reported by bench_decode_step.py)
+        stats["gen_step_host_s"] += time.perf_counter() - t
         run()
         step.filled += 1
         stats["gen_graph_steps"] += 1

@@ -34,6 +34,7 @@ def test_modes_read_the_prefix_as_named(tmp_path):
     graphs = rec["modes"][bench_decode_step.GRAPHS]  # graph_decode's fixed-shape steps; no graphs on a CPU
     assert graphs["graph_steps"] > 0 and graphs["graph_replays"] == graphs["timed_graph_replays"] == 0
     assert graphs["in_place_batches"] > 0 and "timed_graph_replays" not in in_place
+    assert 0 < graphs["host_ms_per_step"] < graphs["ms_per_step"] and "host_ms_per_step" not in in_place
 
 
 def test_old_revision_runs_its_own_modules():
