@@ -65,6 +65,7 @@ def test_packed_rows_equal_padded_rows_and_hf(smol, hf_lm):
         lm = FastLM(model, tok, max_length=2048, token_budget=512)
         lm._packed = lm._packed and flag
         lm._grouped = True  # the CUDA default: batches of mixed lengths, attention in groups
+        lm.pool_clusters = False  # the cluster keeps its KV-cache prefix (pooled: below)
         assert lm._packed is flag  # the embedded model supports it
         runs[flag] = (lm.loglikelihood(reqs, disable_tqdm=True), dict(lm.stats))
     assert FastLM(model, tok)._grouped is False  # on the CPU batches stay cut by padding
@@ -76,6 +77,13 @@ def test_packed_rows_equal_padded_rows_and_hf(smol, hf_lm):
     for (a, ga), (b, gb) in zip(packed_ll, padded_ll):
         assert abs(a - b) < 5e-5 and ga == gb
     _assert_same_ll(packed_ll, hf_lm.loglikelihood(reqs, disable_tqdm=True))
+    # the cluster pooled into one row among the others (plan_loglikelihood's pool_tokens): same numbers
+    lm = FastLM(model, tok, max_length=2048, token_budget=512)
+    lm._grouped = True
+    pooled_ll = lm.loglikelihood(reqs, disable_tqdm=True)
+    assert "ll_shared_prefix_tokens" not in lm.stats and lm.stats["ll_batches"] <= ps["ll_batches"]
+    for (a, ga), (b, gb) in zip(pooled_ll, packed_ll):
+        assert abs(a - b) < 5e-5 and ga == gb
 
 
 def test_attention_outside_the_interface_falls_back_to_padded(smol, hf_lm, caplog):
