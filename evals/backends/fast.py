@@ -504,7 +504,7 @@ class FastLM(TemplateLM):
     # a log-likelihood cluster that fits one trie row joins the common pool (plan_loglikelihood),
     # where the attention it adds costs less than two forward passes' fixed cost
     # (forward_cost_tokens): on an H200-sized budget, 400 documents of HellaSwag take 1 forward
-    # pass instead of 11, BoolQ 1 instead of 17, MMLU 11 instead of 77, the same tokens
+    # pass instead of 11, BoolQ 1 instead of 17, MMLU 11 instead of 77, as many tokens
     pool_clusters = True
     # decoding under a shared few-shot prefix keeps one copy of its KV cache, not one per row
     shared_prefix_decode = True
