@@ -9,6 +9,11 @@ difference), and on CUDA the MFU against the bf16 dense peak; writes JSON to res
 
   python scripts/bench_runner.py --model smollm2-135m --tasks hellaswag,arc_easy --limit 40
   python scripts/bench_runner.py --model random:phi-2 --dtype bfloat16 --device cuda --limit 500
+  python scripts/bench_runner.py --tasks gsm8k --limit 64 --max-gen-toks 64 --variant cuda_graphs=1
+
+--variant KEY=VALUE (repeatable) adds a fast backend built with those FastLM options, timed in
+the same alternation and compared with both (its speed-up over hf and over fast, its agreement
+with each, its own runner stats), under each task's "variants".
 
 "tokens" = context + continuation tokens of the requests (log-likelihood) or prompt +
 generated tokens (generation): the same workload for both backends, so tokens/s ratios equal
@@ -201,17 +206,20 @@ def peak_flops(device: str) -> float | None:
     return None
 
 
-def bench_task(name, hf, fast, tm, args, n_params, head_params) -> dict:
-    """Both backends on one task's requests; returns the JSON record."""
+def bench_task(name, hf, fast, tm, args, n_params, head_params, variants: dict | None = None) -> dict:
+    """Both backends on one task's requests, and each fast variant (--variant: name -> FastLM);
+    returns the JSON record."""
     kind, insts = build_requests(name, args.limit, tm, args.max_gen_toks)
     n_docs = len({(i.task_name, i.doc_id) for i in insts})
     warm = insts[: min(len(insts), 8)]
-    for lm in (hf, fast):
+    lms = [("hf", hf), ("fast", fast), *(variants or {}).items()]
+    for _, lm in lms:
         run_once(lm, kind, warm, args.device)
-    times, peaks, outs = {"hf": 0.0, "fast": 0.0}, {"hf": 0, "fast": 0}, {}
+    times, peaks, outs = {k: 0.0 for k, _ in lms}, {k: 0 for k, _ in lms}, {}
     before = dict(fast.stats)
+    vbefore = {k: dict(lm.stats) for k, lm in (variants or {}).items()}
     for rep in range(args.repeats):
-        order = [("hf", hf), ("fast", fast)] if rep % 2 == 0 else [("fast", fast), ("hf", hf)]
+        order = lms if rep % 2 == 0 else lms[::-1]
         for key, lm in order:
             secs, out, peak = run_once(lm, kind, insts, args.device)
             times[key] += secs
@@ -229,6 +237,15 @@ def bench_task(name, hf, fast, tm, args, n_params, head_params) -> dict:
             rec[key]["mfu"] = round(2 * n_params * tokens / t / pf, 4)
     rec["speedup"] = round(times["hf"] / times["fast"], 3)
     rec["agreement"] = agreement(kind, insts, outs["hf"], outs["fast"])
+    for key, lm in (variants or {}).items():  # timed in the same alternation; compared with hf and fast
+        t = times[key] / args.repeats
+        rec.setdefault("variants", {})[key] = {
+            "seconds": round(t, 3), "docs_per_s": round(n_docs / t, 2), "tokens_per_s": round(tokens / t, 1),
+            "peak_mem_bytes": peaks[key], "speedup": round(times["hf"] / times[key], 3),
+            "vs_fast": round(times["fast"] / times[key], 3),
+            "agreement": agreement(kind, insts, outs["hf"], outs[key]),
+            "agreement_with_fast": agreement(kind, insts, outs["fast"], outs[key]),
+            "stats": {k: v - vbefore[key].get(k, 0) for k, v in lm.stats.items() if v != vbefore[key].get(k, 0)}}
     if kind == "loglikelihood":
         # the arithmetic ceiling of the speed-up (forward FLOPs of HFLM / of the fast backend)
         used = {k: (fast.stats.get(k, 0) - before.get(k, 0)) // args.repeats for k in fast.stats}
@@ -299,6 +316,9 @@ def main(argv=None) -> int:
                    help="fast backend: copy a shared few-shot prefix's KV cache to every decoding row (the "
                         "behaviour before prefix_attention.py), to compare with reading it once per batch")
     p.add_argument("--max-gen-toks", type=int, default=None, help="override generation length for both")
+    p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                   help="also run a fast backend with these FastLM options (e.g. cuda_graphs=1), timed in the "
+                        "same alternation and compared with both; reported per task under 'variants'")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 avoids OpenMP stalls on a shared, oversubscribed CPU)")
@@ -325,6 +345,10 @@ def main(argv=None) -> int:
                   cuda_graphs=args.cuda_graphs)
     if args.expanded_prefix:
         fast.shared_prefix_decode = fast._shared_decode = False
+    variants = {}
+    for spec in args.variant:
+        opts = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
+        variants[spec] = FastLM(model, tok, max_length=max_len, token_budget=args.token_budget, **opts)
     emb = model.get_input_embeddings().weight.numel()
     n_params = sum(q.numel() for q in model.parameters()) - emb
     head = model.get_output_embeddings().weight
@@ -361,7 +385,7 @@ def main(argv=None) -> int:
         f"{report['date'][:10]}_{args.device.split(':')[0]}_{args.model.replace(':', '-').replace('/', '__')}.json")
     tot = {"hf": 0.0, "fast": 0.0}
     for name in [t for t in args.tasks.split(",") if t]:
-        rec = bench_task(name, hf, fast, tm, args, n_params, head_params)
+        rec = bench_task(name, hf, fast, tm, args, n_params, head_params, variants)
         report["tasks"][name] = rec
         write_report(out, report)  # after every task: a run cut short keeps what finished
         for k in tot:
@@ -377,6 +401,10 @@ def main(argv=None) -> int:
             mfu = {k: rec[k].get("mfu_executed", rec[k].get("mfu", 0)) for k in ("hf", "fast")}
             line += f" {mfu['hf']:>7.1%} {mfu['fast']:>8.1%}"
         print(line, flush=True)
+        for key, v in rec.get("variants", {}).items():
+            print(f"  fast with {key}: {v['docs_per_s']:.2f} doc/s, {v['speedup']:.2f}x hf, {v['vs_fast']:.2f}x fast, "
+                  f"same as hf {v['agreement']['identical_predictions']:.1%}, as fast "
+                  f"{v['agreement_with_fast']['identical_predictions']:.1%}", flush=True)
     report["overall"] = {"hf_seconds": round(tot["hf"], 2), "fast_seconds": round(tot["fast"], 2),
                          "speedup": round(tot["hf"] / tot["fast"], 3) if tot["fast"] else None}
     report["loadavg_end"] = os.getloadavg()

@@ -9,7 +9,8 @@
 #
 # The machine has torch + transformers; the rest comes from .gpu/ (see gpu_prep.sh).
 # BENCH_STEPS picks steps (default smoke,mc,gen; also decodestep, probe, gengraph, genbbh, genexpanded,
-# genstatic, fp32). Next GPU session: BENCH_STEPS=smoke,decodestep,mc,gen,gengraph,genbbh,genstatic
+# genstatic, fp32). Next GPU session: BENCH_STEPS=smoke,decodestep,mc,gen,genbbh,genstatic
+# (gen times the --cuda-graphs decoding in the same process since 2026-12-06: gengraph is not needed)
 # BENCH_DEVICE=cpu BENCH_SCALE=smoke BENCH_MODEL=random:tiny-phi rehearse it on a CPU machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -101,13 +102,16 @@ if step mc; then
   bench 220 gpu_phi2_mc.json --tasks hellaswag,arc_easy,boolq,piqa,mmlu --limit 400 --repeats 2 --hf-batch-size 64
 fi
 
-# --- gen: GSM8K 8-shot prompts, greedy, 256 new tokens (random weights never stop early) -
+# --- gen: GSM8K 8-shot prompts, greedy, 256 new tokens (random weights never stop early);
+# the fast backend with its decoding steps replayed as CUDA graphs (graph_decode.py) runs as a
+# variant in the same alternation: the record's tasks.gsm8k.variants["cuda_graphs=1"]
 if step gen; then
-  bench 150 gpu_phi2_gsm8k.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256
+  bench 200 gpu_phi2_gsm8k.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 \
+    --variant cuda_graphs=1
 fi
 
-# --- gengraph: the same generation with --cuda-graphs (decoding steps under the shared
-# 8-shot prefix replayed as CUDA graphs, graph_decode.py); compare its fast docs/s with gen's
+# --- gengraph: the same generation with --cuda-graphs as the fast backend itself (gen also
+# times it, as a variant); compare its fast docs/s with gen's
 if step gengraph; then
   bench 150 gpu_phi2_gsm8k_graphs.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 --cuda-graphs
 fi

