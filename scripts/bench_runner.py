@@ -206,6 +206,31 @@ def peak_flops(device: str) -> float | None:
     return None
 
 
+def make_variant(model, tok, spec: str, **base):
+    """A FastLM with the options of `spec` (KEY=VALUE[,KEY=VALUE]): its constructor's arguments
+    (cuda_graphs=1, static_cache=1, token_budget=N ...) or its class switches (pool_clusters=0,
+    grouped_rows=1 ...: a subclass with that attribute, so __init__ sees it too). `base`: the
+    constructor arguments the variant does not set. Exits with a one-line error on an unknown key."""
+    import inspect
+
+    from evals.backends.fast import FastLM
+
+    init = set(inspect.signature(FastLM.__init__).parameters) - {"self", "model", "tokenizer", "kwargs"}
+    switches = {k for k, v in vars(FastLM).items() if not k.startswith("_") and isinstance(v, (bool, type(None)))}
+    kwargs, attrs = dict(base), {}
+    for kv in filter(None, spec.split(",")):
+        key, _, value = kv.partition("=")
+        if key in init:
+            kwargs[key] = value
+        elif key in switches:
+            attrs[key] = value.strip().lower() in ("1", "true", "yes")
+        else:
+            raise SystemExit(f"bench_runner: --variant {spec}: unknown option {key!r}; use one of "
+                             f"{', '.join(sorted(init | switches))}")
+    cls = type("FastLMVariant", (FastLM,), attrs) if attrs else FastLM
+    return cls(model, tok, **kwargs)
+
+
 def bench_task(name, hf, fast, tm, args, n_params, head_params, variants: dict | None = None) -> dict:
     """Both backends on one task's requests, and each fast variant (--variant: name -> FastLM);
     returns the JSON record."""
@@ -345,10 +370,8 @@ def main(argv=None) -> int:
                   cuda_graphs=args.cuda_graphs)
     if args.expanded_prefix:
         fast.shared_prefix_decode = fast._shared_decode = False
-    variants = {}
-    for spec in args.variant:
-        opts = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
-        variants[spec] = FastLM(model, tok, max_length=max_len, token_budget=args.token_budget, **opts)
+    variants = {spec: make_variant(model, tok, spec, max_length=max_len, token_budget=args.token_budget)
+                for spec in args.variant}
     emb = model.get_input_embeddings().weight.numel()
     n_params = sum(q.numel() for q in model.parameters()) - emb
     head = model.get_output_embeddings().weight

