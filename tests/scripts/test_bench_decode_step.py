@@ -29,12 +29,13 @@ def test_modes_read_the_prefix_as_named(tmp_path):
     assert expanded["in_place_batches"] == 0 and in_place["in_place_batches"] > 0
     # the in-place step merges two fused kernels' outputs; SDPA alone runs the expanded one
     assert in_place["ops"].get("aten::lerp", 0) > 0 and "aten::lerp" not in expanded["ops"]
-    assert expanded["kernel_ops_per_step"] < expanded["ops_per_step"] and expanded["ms_per_step"] > 0
+    # (ms per step is a difference of two timed decodes: under load it may come out negative, so only its presence)
+    assert expanded["kernel_ops_per_step"] < expanded["ops_per_step"] and isinstance(expanded["ms_per_step"], float)
     assert in_place["fused_attention"] == {"cpu float32": True}  # the fused kernels passed their check
     graphs = rec["modes"][bench_decode_step.GRAPHS]  # graph_decode's fixed-shape steps; no graphs on a CPU
     assert graphs["graph_steps"] > 0 and graphs["graph_replays"] == graphs["timed_graph_replays"] == 0
     assert graphs["in_place_batches"] > 0 and "timed_graph_replays" not in in_place
-    assert 0 < graphs["host_ms_per_step"] < graphs["ms_per_step"] and "host_ms_per_step" not in in_place
+    assert graphs["host_ms_per_step"] > 0 and "host_ms_per_step" not in in_place  # summed host time, never negative
 
 
 def test_old_revision_runs_its_own_modules():
