@@ -143,15 +143,10 @@ def ll_batches_of(plan, budget_tokens: int, packed: bool) -> dict:
     """Log-likelihood forward passes as the fast backend runs a plan (plan_loglikelihood):
     run_batched's batches at `budget_tokens` (`packed`: cut by real tokens, as on CUDA; else by
     padded size and the padding ratio, as on the CPU), and one prefix pass per cluster."""
-    from evals.backends.batching import TokenBudget, sort_order, take_batch
+    from evals.backends.batching import TokenBudget, plan_batches
 
-    budget = TokenBudget(budget_tokens)
-    order = sort_order(plan.lengths, plan.row_keys)
-    batches, start = 0, 0
-    while start < len(order):
-        start = take_batch(plan.lengths, order, start, budget, plan.row_keys, plan.pad, packed=packed)
-        batches += 1
-    return {"ll_batches": batches, "ll_prefix_passes": len({k for k in plan.row_keys if k is not None})}
+    batches = plan_batches(plan.lengths, TokenBudget(budget_tokens), plan.row_keys, plan.pad, packed=packed)
+    return {"ll_batches": len(batches), "ll_prefix_passes": len({k for k in plan.row_keys if k is not None})}
 
 
 def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste: int, mix: bool = False) -> dict:
@@ -291,10 +286,10 @@ def main(argv=None) -> int:
     gen_plan = (gen_budget, gen_pad_waste_tokens(weight_bytes, kv_bytes, True, gen_budget))
     # log-likelihood batches as the backend cuts them on CUDA (default_budget: 60% of the free
     # memory at CUDA_BYTES_PER_TOKEN; packed rows; one-row clusters pooled at two forward passes' cost)
-    from evals.backends.batching import CUDA_BYTES_PER_TOKEN, MAX_TOKENS
+    from evals.backends.batching import cuda_budget
     from evals.backends.fast import GPU_FORWARD_OVERHEAD_S, overhead_tokens
 
-    ll_budget = max(1024, min(MAX_TOKENS, int(free * 0.6) // CUDA_BYTES_PER_TOKEN))
+    ll_budget = cuda_budget(free)
     ll_plan = (ll_budget, 2 * overhead_tokens(body + head + emb, True, ll_budget), True)
     suite = yaml.safe_load((ROOT / "configs" / "suites" / "phi2.yaml").read_text())
     names = args.benchmarks.split(",") if args.benchmarks else [

@@ -35,9 +35,14 @@ def default_budget(device: torch.device | str, bytes_per_token: int = CUDA_BYTES
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         free, _total = torch.cuda.mem_get_info(device)
-        tokens = int(free * 0.6) // bytes_per_token
-        return max(1024, min(MAX_TOKENS, tokens))
+        return cuda_budget(free, bytes_per_token)
     return CPU_DEFAULT_TOKENS
+
+
+def cuda_budget(free_bytes: int, bytes_per_token: int = CUDA_BYTES_PER_TOKEN) -> int:
+    """Token budget on a CUDA device with `free_bytes` free: 60% of it at `bytes_per_token`,
+    between 1024 and MAX_TOKENS."""
+    return max(1024, min(MAX_TOKENS, int(free_bytes * 0.6) // bytes_per_token))
 
 
 def kv_bytes_per_token(config, bytes_per_value: int = 2) -> int | None:
@@ -182,12 +187,13 @@ def sort_order(lengths: Sequence[int], keys: Sequence | None = None) -> list[int
 
 
 def plan_batches(lengths: Sequence[int], budget: TokenBudget, keys: Sequence | None = None,
-                 pad_lengths: Sequence[int] | None = None) -> list[list[int]]:
-    """All batches (lists of item indices, longest items first) for a fixed budget."""
+                 pad_lengths: Sequence[int] | None = None, packed: bool = False) -> list[list[int]]:
+    """All batches (lists of item indices, longest items first) for a fixed budget, as
+    run_batched cuts them (`packed`: see take_batch)."""
     order = sort_order(lengths, keys)
     batches, start = [], 0
     while start < len(order):
-        end = take_batch(lengths, order, start, budget, keys, pad_lengths)
+        end = take_batch(lengths, order, start, budget, keys, pad_lengths, packed=packed)
         batches.append(list(order[start:end]))
         start = end
     return batches

@@ -458,7 +458,7 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool =
     plan = LoglikelihoodPlan(keys, conts_of, [], [], [], [])
     cap = max(1024, max_length)
     for (key, S, *_), idx in members.items():
-        rows = pack_rows([seqs[i] for i in idx], S, cap, ratio)
+        rows = None
         if key is not None and not local and pool_tokens > 0:
             whole = pack_rows([seqs[i] for i in idx], 0, cap, ratio)
             # one row: its prefix still runs once; its S queries face its n other nodes' keys in
@@ -466,7 +466,7 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool =
             # prefix pass and a batch of its own
             if len(whole) == 1 and S * (whole[0][1] - S) <= pool_tokens * ratio:
                 key, S, rows = None, 0, whole
-        for part, nodes in rows:
+        for part, nodes in rows or pack_rows([seqs[i] for i in idx], S, cap, ratio):
             plan.rows.append((S, [seqs[idx[k]] for k in part]))
             plan.row_keys.append(key)
             plan.lengths.append(S + nodes)
