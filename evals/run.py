@@ -250,6 +250,8 @@ def runner_stats(lm) -> dict:
                      oom_events=list(getattr(budget, "events", [])), **dict(getattr(lm, "stats", {})))
         if gen is not None:
             stats.update(gen_token_budget=gen.tokens, gen_oom_events=list(gen.events))
+        if getattr(lm, "plain_reasons", None):
+            stats["ll_plain_reasons"] = list(lm.plain_reasons)
     return stats
 
 

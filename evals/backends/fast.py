@@ -22,6 +22,13 @@ Log-likelihood
     positions, in float32, in chunks.
   * Rows are sorted longest first and batched to a token budget (batching.py); an OOM halves
     the budget and retries.
+  * Trie rows need a model that honours position ids and 4-D masks. Where the config says it
+    does not (ALiBi, no key/value cache; compat.py), where a sliding window is shorter than a
+    call's longest input, or where a probe before the first batch finds the trie rows
+    disagreeing with the model's own forward (_check_rows: an error, or log-likelihoods apart
+    by more than PROBE_TOL), every input runs alone in a right-padded row through the model's
+    own forward, as HFLM runs it (_score_plain): same answers, only the batching and the
+    log-softmax at scored positions saved. The reason is logged once.
 
 Generation (greedy)
   * Prompts are tokenised like HFLM.tok_batch_encode (left truncation to max_length -
@@ -46,7 +53,9 @@ Generation (greedy)
     few tokens, the whole text decoded only once one appears); finished rows leave the batch,
     the rows behind them moved into their place in the reserved cache (compact_cache).
   * Output text = HFLM's post-processing (cut at the first stop sequence).
-  * Sampling or unusual generation kwargs fall back to `model.generate` exactly as HFLM calls it.
+  * Sampling or unusual generation kwargs, and models without a plain key/value cache (Mamba),
+    fall back to `model.generate` exactly as HFLM calls it. Under a sliding window shorter than
+    a call's prompts plus max_gen_toks, prefixes are copied to every row, not read in place.
   * Optional (`static_cache=True`, `--static-cache`): greedy batches run through transformers'
     `generate` with a static KV cache, whose decoding step transformers compiles with
     torch.compile (CUDA graphs) on CUDA. Shapes are bucketed so few graphs are compiled; rows
@@ -97,6 +106,7 @@ from evals.backends.batching import (
     plan_batches,
     run_batched,
 )
+from evals.backends.compat import kv_cache_layers, sliding_window, uses_alibi
 from evals.backends.kv_cache import (
     compact_cache,
     compact_order,
@@ -116,6 +126,20 @@ log = logging.getLogger(__name__)
 
 GREEDY_IGNORED_KWARGS = {"do_sample", "temperature", "top_p", "top_k"}
 SHARE_MIN = 32  # shortest common prefix (tokens) worth running once per batch
+# FastLM._check_rows: a short text whose inputs, scored through trie rows and each alone through
+# the model's own forward, must agree to PROBE_TOL (largest log-likelihood difference of a request
+# of 2-3 tokens; by dtype, None for any other). On SmolLM2-135M they agree to 1e-5 in float32 and
+# to 0.56 in bfloat16 (rounding), while position ids or masks the model ignores put them 3.9-4.1
+# apart in either dtype; in low precision the probe catches gross errors only (compat.py names
+# the known subtle ones)
+PROBE_TEXT = (
+    "Question: A farmer has three fields. The first grows wheat, the second barley, and the third is left "
+    "fallow every other year so that the soil can recover. Which field gives the smallest harvest over ten "
+    "years, and why? Answer: The fallow field, because it is sown only half the time.\n\n"
+    "Question: A train leaves the station at nine o'clock and travels at sixty miles an hour. A second train "
+    "leaves the same station an hour later at eighty miles an hour on the same track. When does the second "
+    "train catch up with the first? Answer: At one o'clock, four hours after the first train left.")
+PROBE_TOL = {torch.float32: 1e-3, None: 1.5}
 # generation: decoding steps cost about the same for 4 rows as for 1, so batches may hold rows
 # up to 1.5x shorter (left padding) instead of log-likelihood's 1.1x
 GEN_PAD_RATIO = 1.5
@@ -424,7 +448,7 @@ class LoglikelihoodPlan:
 
 
 def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool = False,
-                       pool_tokens: float = 0) -> LoglikelihoodPlan:
+                       pool_tokens: float = 0, plain: bool = False) -> LoglikelihoodPlan:
     """Rows for (context tokens, continuation tokens) pairs, truncated like HFLM to
     max_length + 1 tokens. A request's model input is (context + continuation)[:-1]; its last
     len(continuation) positions predict the continuation. Inputs whose distinct contexts share
@@ -438,7 +462,9 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool =
     costing a prefix pass and a batch of its own.
 
     `local`: a row holds the inputs of one context only, so a request's numbers do not depend
-    on which other documents are in the run (the same bit for bit with 1 or N processes)."""
+    on which other documents are in the run (the same bit for bit with 1 or N processes).
+    `plain`: every distinct input is a row of its own, with no shared prefix (FastLM._score_plain,
+    for models that cannot take trie rows)."""
     conts_of: dict[tuple, dict[tuple, None]] = defaultdict(dict)
     keys = []
     for ctx, cont in pairs:
@@ -448,6 +474,13 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool =
         conts_of[x][c] = None
         keys.append((x, c))
     seqs = sorted(conts_of)
+    plan = LoglikelihoodPlan(keys, conts_of, [], [], [], [])
+    if plain:
+        plan.rows = [(0, [x]) for x in seqs]
+        plan.row_keys = [None] * len(seqs)
+        plan.lengths = [len(x) for x in seqs]
+        plan.pad = list(plan.lengths)
+        return plan
     parts = [x[: len(x) - max(map(len, conts_of[x]))] for x in seqs]
     distinct = list(dict.fromkeys(parts))
     part_keys, part_shared = share_clusters(distinct)
@@ -455,7 +488,6 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool =
     members: dict = defaultdict(list)
     for i, p in enumerate(parts):
         members[of_part[p] + ((p,) if local else ())].append(i)
-    plan = LoglikelihoodPlan(keys, conts_of, [], [], [], [])
     cap = max(1024, max_length)
     for (key, S, *_), idx in members.items():
         rows = None
@@ -582,12 +614,24 @@ class FastLM(TemplateLM):
         self.stats: dict[str, int] = defaultdict(int)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        # what the model's config rules out (compat.py); the rest is probed before the first batch
+        cfg = model.config
+        self._window = sliding_window(cfg)
+        self._kv_decode = kv_cache_layers(cfg)
+        self._rows_reason: str | None = (
+            "ALiBi position biases (built from a padding mask, not from position ids)" if uses_alibi(cfg)
+            else None if self._kv_decode else "no key/value cache (state-space or linear-attention layers)")
+        self._rows_checked = self._rows_reason is not None  # _check_rows runs once, if needed
+        self.plain_reasons: list[str] = []  # why log-likelihood ran plain rows (_plain_reason), once each
         # log-likelihood rows run unpadded (packed_attention.py) where the model allows it
         self._n_layers = getattr(model.config, "num_hidden_layers", None)
         self._packed = supports_packed(model) and isinstance(self._n_layers, int) and self.packed_rows
         self._grouped = self._device.type == "cuda" if self.grouped_rows is None else bool(self.grouped_rows)
         # greedy decoding reads a shared few-shot prefix once per batch (prefix_attention.py)
         self._shared_decode = self.shared_prefix_decode and supports_shared_prefix(model, self.max_length)
+        # ... within the sliding window, if any (set per generation call: the prefix is read whole)
+        self._within_window = True
         self._prefill_pad_waste = 0  # padded tokens a prefill group may hold beyond the ratio rule
         if self._device.type == "cuda":
             self.budget.max_pad_waste = gpu_pad_waste(model, self.budget.tokens, attention_only=self._packed)
@@ -687,17 +731,19 @@ class FastLM(TemplateLM):
     # ----- log-likelihood ---------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """Score (request_str, context_enc, continuation_enc) triples over prefix-trie rows."""
+        pairs = [(ctx, cont) for _, ctx, cont in requests]
+        reason = self._plain_reason(pairs)
         # batch size 1 asks for results that do not depend on the rest of the run: rows of one context
-        plan = plan_loglikelihood([(ctx, cont) for _, ctx, cont in requests], self.max_length,
-                                  self._merge_ratio, local=self.budget.max_rows == 1,
+        plan = plan_loglikelihood(pairs, self.max_length, self._merge_ratio, local=self.budget.max_rows == 1,
                                   pool_tokens=2 * forward_cost_tokens(self.model, self._device, self.budget.tokens)
-                                  if self.pool_clusters else 0)
+                                  if self.pool_clusters else 0, plain=reason is not None)
         rows, conts_of = plan.rows, plan.conts_of
+        score = self._score_rows if reason is None else self._score_plain
         try:
             with torch.inference_mode(), attention_kernels(self._device):
-                per_row = run_batched(plan.lengths, lambda ix: self._score_rows([rows[i] for i in ix], conts_of),
+                per_row = run_batched(plan.lengths, lambda ix: score([rows[i] for i in ix], conts_of),
                                       self.budget, plan.row_keys, plan.pad,
-                                      packed=lambda: self._packed and self._grouped)
+                                      packed=lambda: reason is None and self._packed and self._grouped)
         finally:
             self._prefix = None
             self._head.release()  # the logits buffer is not held between calls
@@ -708,6 +754,106 @@ class FastLM(TemplateLM):
                 self.cache_hook.add_partial("loglikelihood", req_str, ans)
         self._update_peak()
         return res
+
+    def _plain_reason(self, pairs: list) -> str | None:
+        """Why these requests must run as plain rows (_score_plain), or None for trie rows: what
+        the config rules out, a sliding window shorter than the longest input, or a failed
+        probe (_check_rows, once per backend). The reason is logged once."""
+        if not self._rows_checked:
+            self._rows_checked = True
+            stats = dict(self.stats)  # the probe's work is not the run's
+            try:
+                with torch.inference_mode(), attention_kernels(self._device):
+                    self._rows_reason = self._check_rows()
+            finally:
+                probe = {k: v for k, v in self.stats.items() if k.startswith("ll_probe")}
+                self.stats.clear()
+                self.stats.update(stats, **probe)
+        reason = self._rows_reason
+        if reason is None and self._window is not None:
+            longest = max(min(len(ctx) + len(cont), self.max_length + 1) - 1 for ctx, cont in pairs)
+            if longest > self._window:
+                reason = f"inputs longer than the model's {self._window}-token sliding attention window"
+        if reason is not None and reason not in self.plain_reasons:
+            self.plain_reasons.append(reason)
+            log.warning("log-likelihood: %s; each input runs as a row of its own through the model's own "
+                        "forward, as lm-eval's hf backend runs it (same answers, less shared work)", reason)
+        if reason is not None:
+            self.stats["ll_plain_calls"] += 1
+        return reason
+
+    def _check_rows(self) -> str | None:
+        """Probe: a short text's inputs scored through trie rows (two inputs sharing a prefix, one
+        more row, and the prefix as a KV cache) against each input alone through the model's own
+        forward (_score_plain). Returns why trie rows cannot be used (an error, or log-probabilities
+        further apart than PROBE_TOL for the model's dtype), else None."""
+        if self._window is not None and self._window < 100:
+            return f"a {self._window}-token sliding attention window, shorter than the probe's inputs"
+        ids = self.tok_encode(PROBE_TEXT)
+        ids = (ids * (128 // max(len(ids), 1) + 1))[:128]
+        # a and b share 40 tokens, then b's 12 follow a's 48 in their trie row: wrong masks let b
+        # see a's tokens, wrong positions put b 48 places off. The scored tokens are unlikely ones,
+        # whose log-probabilities such errors move most (by 3.9-4.1 on SmolLM2, see PROBE_TOL)
+        a, b, c = tuple(ids[:88]), tuple(ids[:40] + ids[96:108]), tuple(ids[110:122])
+        conts_of = {x: {tuple(x[-3:]): None, tuple(ids[1:3]): None} for x in (a, b, c)}
+        try:
+            ref = {k: v for x in (a, b, c) for k, v in self._score_plain([(0, [x])], conts_of)[0]}
+        except Exception as exc:  # noqa: BLE001 - the plain path is HFLM's call; let it raise later
+            log.warning("log-likelihood probe: the plain forward failed (%s: %s)", type(exc).__name__, exc)
+            return None
+        tol = PROBE_TOL.get(self.model.dtype, PROBE_TOL[None])
+        reason = None
+        # packed rows first (where enabled), then padded rows: a model may not pass the packing
+        # through to its attention layers, yet take padded trie rows
+        for packed_rows in [True, False] if self._packed else [False]:
+            self._packed = packed_rows
+            try:
+                got = {}
+                for rows in ([(0, [a, b]), (0, [c])], [(40, [a, b])]):
+                    got.update(k_v for row in self._score_rows(rows, conts_of) for k_v in row)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means: not this way
+                reason = f"the trie-row forward fails for this model ({type(exc).__name__}: {str(exc)[:120]})"
+                continue
+            finally:
+                self._prefix = None
+                self._head.release()
+            diff = max(abs(got[k][0] - ref[k][0]) for k in ref)
+            self.stats["ll_probe_max_diff_e6"] = int(diff * 1e6) if diff == diff else -1
+            if diff <= tol:  # NaN fails too
+                return None
+            reason = (f"trie rows give log-likelihoods {diff:.2g} away from the model's own forward on a probe "
+                      f"(tolerance {tol:g} in {str(self.model.dtype).replace('torch.', '')}): its masks, "
+                      "positions or output layer work differently")
+        return reason
+
+    def _score_plain(self, rows: list[tuple[int, list[tuple]]], conts_of: dict) -> list[list[tuple[tuple, tuple[float, bool]]]]:
+        """One forward over inputs of one row each, right padded, through the model's own
+        forward without a mask (its own positions, masks and output layer), as HFLM runs them;
+        logits only from the first scored position on where the model allows (logits_to_keep),
+        log-softmax in float32. Same return as _score_rows."""
+        dev = self._device
+        seqs = [row_seqs[0] for _, row_seqs in rows]
+        B, T = len(seqs), max(map(len, seqs))
+        ids = torch.full((B, T), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        for b, x in enumerate(seqs):
+            ids[b, : len(x)] = torch.tensor(x, dtype=torch.long)
+        keep = T - min(len(x) - max(map(len, conts_of[x])) for x in seqs)
+        kw = {self._keep_kw: keep} if self._keep_kw else {}
+        logits = self.model(input_ids=ids.to(dev), use_cache=False, **kw).logits[:, -keep:]
+        self.stats["ll_plain_batches"] += 1
+        self.stats["ll_forward_tokens"] += B * T
+        out: list[list] = [[] for _ in range(B)]
+        for b, x in enumerate(seqs):
+            for c in conts_of[x]:
+                start = len(x) - len(c) - (T - keep)
+                logp = torch.log_softmax(logits[b, start : start + len(c)].float(), dim=-1)
+                tgt = torch.tensor(c, dtype=torch.long, device=logp.device)
+                lp = logp.gather(-1, tgt[:, None]).sum().item()
+                out[b].append(((x, c), (float(lp), bool((logp.argmax(-1) == tgt).all()))))
+                self.stats["ll_scored_positions"] += len(c)
+        return out
 
     def _score_rows(self, rows: list[tuple[int, list[tuple]]], conts_of: dict) -> list[list[tuple[tuple, tuple[float, bool]]]]:
         """One forward over trie rows (shared length S, sorted sequences); returns per row
@@ -852,14 +998,15 @@ class FastLM(TemplateLM):
                 ctx = args[i][0]
                 enc = self.tokenizer(ctx, **self._special_kwargs(ctx, None))["input_ids"]
                 prompts.append(enc[-max_ctx:])
-            greedy = self._plain_greedy(kwargs)
+            greedy = self._plain_greedy(kwargs) and self._kv_decode  # else transformers' generate
             # the generation budget and padding allowance are for _greedy_batch, whose prefill runs in
             # groups and whose KV cache is reserved; transformers' generate gets the log-likelihood rules
             budget = self.gen_budget if greedy and not self.static_cache else self.budget
             waste = gen_pad_waste(self.model, self._device, budget.tokens) if budget is self.gen_budget else None
             # a cluster's shared prefix is held once per batch, not once per row, when read in place;
             # then clusters may also share a batch, each row reading its own prefix (mix_clusters)
-            in_place = greedy and not self.static_cache and self._shared_decode
+            self._within_window = self._window is None or max(map(len, prompts)) + max_gen <= self._window
+            in_place = greedy and not self.static_cache and self._shared_decode and self._within_window
             mixing = self._device.type != "cuda" if self.mix_clusters is None else self.mix_clusters
             mix = budget.tokens if in_place and mixing and self.reserve_kv and self._widen_prefill else 0
             clusters, shared, lengths, pad = plan_generation(prompts, max_gen, in_place, waste or 0, mix)
@@ -911,7 +1058,7 @@ class FastLM(TemplateLM):
                 return self._mixed_batch(prompts, known_shared, parts, until, max_gen)
             known_shared = known_shared[0] if known_shared else 0
         S = self._shared_len(prompts, known_shared)
-        if S and self._shared_decode:
+        if S and self._shared_decode and self._within_window:
             pre = Prefix(*cache_kv(self._prefix_kv(prompts[0][:S], "gen")))
             try:
                 with shared_prefix(self.model):
@@ -926,7 +1073,7 @@ class FastLM(TemplateLM):
         """Greedy decode a batch of several clusters' rows (`parts`: prefix -> rows). Where
         prefixes are read in place and caches widened, in one decoding loop (_decode_mixed);
         otherwise each cluster's rows as a batch of their own."""
-        if None not in parts and self._shared_decode and self.reserve_kv and self._widen_prefill:
+        if None not in parts and self._shared_decode and self._within_window and self.reserve_kv and self._widen_prefill:
             try:
                 pres = [Prefix(*cache_kv(self._prefix_kv(list(key), "gen"))) for key in parts]
                 with shared_prefix(self.model):

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from evals.backends.compat import head_scale
+
 LOGIT_CHUNK = 1024  # scored positions per output-layer product (CPU: 3% faster than 512)
 LSE_ROWS = 16  # CPU: positions per log-softmax slice (16 x 49152 float32 = 3 MiB, in L2)
 
@@ -30,8 +32,10 @@ class HeadScorer:
     """The model's output layer applied to chosen hidden states, chunk by chunk."""
 
     def __init__(self, model: Any) -> None:
-        """Takes the output layer and any final logit soft-capping from `model`."""
+        """Takes the output layer, any factor on its logits (compat.head_scale) and any final
+        logit soft-capping from `model`."""
         self.head = model.get_output_embeddings()
+        self.scale = head_scale(model.config)
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         w = getattr(self.head, "weight", None)
         # the buffer path needs a plain linear layer whose product is float32 on the CPU
@@ -79,6 +83,8 @@ class HeadScorer:
         for j, (c0, c1, s0, s1) in enumerate(slices):
             if s0 == c0:
                 logits = self.logits(h[c0:c1])
+                if self.scale != 1.0:
+                    logits = logits * self.scale
                 if self.softcap:
                     logits = torch.tanh(logits / self.softcap) * self.softcap
             logp = torch.log_softmax(logits[s0 - c0 : s1 - c0].float(), dim=-1)
