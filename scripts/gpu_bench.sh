@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check (H100 / H200): lm-eval's hf backend vs the fast backend on a
 # random-weight Phi-2 (bf16, sdpa): a smoke run, the multiple-choice tasks, then GSM8K-style
-# generation. Under 8 minutes in all (each step has its own timeout).
+# generation. Under 8 minutes in all (each step has its own timeout, all within BENCH_DEADLINE_S).
 #
 #   bash scripts/gpu_prep.sh                        # here, once: fills .gpu/ (wheels, tokenizer, data)
 #   bash scripts/gpu_bench.sh                       # on a GPU machine; JSON in results/bench/
@@ -24,6 +24,16 @@ SCALE=${BENCH_SCALE:-full}
 MODEL=${BENCH_MODEL:-random:phi-2}
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 elapsed() { echo $(( $(date +%s) - START )); }
+# every step ends by BENCH_DEADLINE_S (default 510: the device call's 540 s less a margin for
+# copying results back): its timeout is cut to what is left, and a step with under 45 s left is
+# skipped, so a run of too many steps still returns what the earlier ones wrote
+DEADLINE=${BENCH_DEADLINE_S:-510}
+cap() {  # cap <seconds>: prints the step's timeout within the deadline; fails under 45 s
+  local left=$(( DEADLINE - $(elapsed) - 10 ))
+  local t=$(( $1 < left ? $1 : left ))
+  if [ "$t" -lt 45 ]; then echo "skipped: ${left}s left before the ${DEADLINE}s deadline" >&2; return 1; fi
+  echo "$t"
+}
 
 # --- setup: wheels, tokenizer, data ------------------------------------------------------
 if compgen -G ".gpu/whl/*.whl" > /dev/null; then
@@ -63,7 +73,9 @@ print("data dir:", os.environ.get("PHI2EVAL_DATA_DIR"), "tokenizer:", os.environ
 PY
 
 bench() {  # bench <timeout_s> <json name> <bench_runner args...>
-  local limit=$1 name=$2; shift 2
+  local limit name=$2
+  limit=$(cap "$1") || { echo "$name: not run"; return 5; }
+  shift 2
   timeout "$limit" python3 scripts/bench_runner.py --model "$MODEL" --device "$DEVICE" "$@" \
     --out "$OUTDIR/$name" 2>&1 | grep --line-buffered -v -E "it/s\]|examples/s\]|Custom kwargs|metadata="
   local rc=${PIPESTATUS[0]}
@@ -84,15 +96,15 @@ fi
 # --- decodestep: one greedy decoding step (64 rows, a 900-token few-shot prefix): operations
 # dispatched and ms, the prefix read in place (prefix_attention) vs expanded to every row, and
 # the in-place step replayed as a CUDA graph (graph_decode.py; graph_replays > 0 if it captured)
-if step decodestep; then
-  timeout 120 python3 scripts/bench_decode_step.py --model "$MODEL" --device "$DEVICE" --rows 64 --prefix 900 \
+if step decodestep && t=$(cap 120); then
+  timeout "$t" python3 scripts/bench_decode_step.py --model "$MODEL" --device "$DEVICE" --rows 64 --prefix 900 \
     --repeats 2 --out "$OUTDIR/gpu_phi2_decode_step.json" 2>&1 | grep -v -E "USDT|Warning"
   echo "decodestep: rc=${PIPESTATUS[0]} after $(elapsed)s"
 fi
 
 # --- probe: forward time per new batch shape, PyTorch's attention kernels vs the backend's
-if step probe; then
-  timeout 90 python3 scripts/gpu_probe.py --model "$MODEL" --device "$DEVICE" --out "$OUTDIR/gpu_probe.json" 2>&1 \
+if step probe && t=$(cap 90); then
+  timeout "$t" python3 scripts/gpu_probe.py --model "$MODEL" --device "$DEVICE" --out "$OUTDIR/gpu_probe.json" 2>&1 \
     | grep -v -E "FutureWarning|forward_call|USDT"
   echo "probe: rc=${PIPESTATUS[0]} after $(elapsed)s"
 fi
@@ -121,9 +133,9 @@ fi
 # of KV cache in three batches, two of them filling the generation budget (half the free memory,
 # about 207k tokens for Phi-2 on an H200; rows leaving compacted in place). The result's runner stats say whether they fit (gen_oom_events), the
 # peak memory and the prefill passes; the wall time is printed
-if step genbbh; then
+if step genbbh && t=$(cap 150); then
   t0=$(date +%s)
-  timeout 150 python3 -m evals.cli run bbh --model "$MODEL" --device "$DEVICE" --limit "${GENBBH_LIMIT:-10}" --no-cache ${GENBBH_FLAGS:-} \
+  timeout "$t" python3 -m evals.cli run bbh --model "$MODEL" --device "$DEVICE" --limit "${GENBBH_LIMIT:-10}" --no-cache ${GENBBH_FLAGS:-} \
     --output-dir "$OUTDIR/genbbh" 2>&1 | grep --line-buffered -v -E "it/s\]|examples/s\]|Custom kwargs|metadata="
   echo "genbbh: rc=${PIPESTATUS[0]} in $(( $(date +%s) - t0 ))s after $(elapsed)s"
 fi
@@ -146,5 +158,7 @@ if step fp32; then
 fi
 
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader || true
-if [ -n "${OUT:-}" ]; then cp -f "$OUTDIR"/gpu_phi2_*.json results/bench/ 2>/dev/null || true; fi
+# on the GPU machine, also into its checkout's results/bench/ (not in a CPU rehearsal, whose
+# numbers would replace the GPU records here)
+if [ -n "${OUT:-}" ] && [ "$DEVICE" = cuda ]; then cp -f "$OUTDIR"/gpu_phi2_*.json results/bench/ 2>/dev/null || true; fi
 echo "all steps done after $(elapsed)s"
