@@ -55,7 +55,8 @@ Generation (greedy)
   * Output text = HFLM's post-processing (cut at the first stop sequence).
   * Sampling or unusual generation kwargs, and models without a plain key/value cache (Mamba),
     fall back to `model.generate` exactly as HFLM calls it. Under a sliding window shorter than
-    a call's prompts plus max_gen_toks, prefixes are copied to every row, not read in place.
+    a call's prompts plus max_gen_toks, prefixes are copied to every row, not read in place;
+    under a longer one the cache is made of plain layers (_plain_cache), as without a window.
   * Optional (`static_cache=True`, `--static-cache`): greedy batches run through transformers'
     `generate` with a static KV cache, whose decoding step transformers compiles with
     torch.compile (CUDA graphs) on CUDA. Shapes are bucketed so few graphs are compiled; rows
@@ -707,13 +708,25 @@ class FastLM(TemplateLM):
         S = common_prefix_len(seqs)
         return S if S >= SHARE_MIN else 0
 
+    def _plain_cache(self, within_window: bool) -> dict:
+        """{cache keyword: an empty cache of plain layers} for a model whose config asks for
+        sliding-window layers (Mistral, Gemma 2) when nothing in the call reaches past the window,
+        so that the cache can be widened and compacted as usual (kv_cache.py); else {}."""
+        if self._window is None or not within_window:
+            return {}
+        from transformers.cache_utils import DynamicCache
+
+        return {self._cache_kw: DynamicCache()}
+
     def _prefix_kv(self, prefix: list[int], kind: str):
         """KV cache (batch size 1) of a shared prefix (few-shot examples). The last prefix's
         cache is kept, so consecutive batches of one cluster run the prefix once."""
         key = tuple(prefix)
         if self._prefix is None or self._prefix[0] != key:
             self._prefix = None  # free the old one first
-            out = self.model.base_model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True)
+            # log-likelihood trie rows run only within the window (_plain_reason)
+            kw = self._plain_cache(kind == "ll" or self._within_window)
+            out = self.model.base_model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True, **kw)
             self._prefix = (key, _out_cache(out))
             self.stats[f"{kind}_shared_prefix_tokens"] += len(prefix)
             self.stats[f"{kind}_prefix_passes"] += 1
@@ -789,6 +802,8 @@ class FastLM(TemplateLM):
         further apart than PROBE_TOL for the model's dtype), else None."""
         if self._window is not None and self._window < 100:
             return f"a {self._window}-token sliding attention window, shorter than the probe's inputs"
+        if self.max_length < 128:  # the probe's inputs would not fit: trust the config
+            return None
         ids = self.tok_encode(PROBE_TEXT)
         ids = (ids * (128 // max(len(ids), 1) + 1))[:128]
         # a and b share 40 tokens, then b's 12 follow a's 48 in their trie row: wrong masks let b
@@ -1124,10 +1139,10 @@ class FastLM(TemplateLM):
         pos = mask.cumsum(-1) - 1 + S
         pos.masked_fill_(mask == 0, 1)
         if pre is None:
-            kw = {self._cache_kw: self._prefix_cache(prefix, B, "gen")} if S else {}
+            kw = {self._cache_kw: self._prefix_cache(prefix, B, "gen")} if S else self._plain_cache(self._within_window)
             mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
         else:
-            kw = {PREFIX_KW: pre}
+            kw = {PREFIX_KW: pre, **self._plain_cache(self._within_window)}
             pre.set_valid(mask.bool())  # the rows' own keys (the prefix is not in their cache)
             pre.calls = 0
         try:

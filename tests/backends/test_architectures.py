@@ -25,6 +25,7 @@ LAYERS = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, interm
 # "trie" rows, "plain" rows for every call, or "long-plain": plain once inputs pass the window)
 ARCH = {
     "gpt2": (dict(n_layer=2, n_embd=64, n_head=4, n_positions=2048), "sdpa", "trie"),
+    "mistral": (dict(LAYERS, num_key_value_heads=2, sliding_window=4096), "sdpa", "trie"),  # never slides here
     "gpt_neox": (dict(LAYERS, rotary_pct=0.25), "sdpa", "trie"),
     "opt": (dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, ffn_dim=128,
                  max_position_embeddings=2048, word_embed_proj_dim=64), "sdpa", "trie"),
@@ -85,6 +86,9 @@ def test_fast_matches_hf(model_type, tok, caplog):
     gen = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6}), i)
            for i, p in enumerate(GEN_PROMPTS[:3] + FEWSHOT_PROMPTS)]
     assert lm.generate_until(gen, disable_tqdm=True) == hf.generate_until(gen, disable_tqdm=True)
+    # prefill groups are assembled into one cache (widen_cache), also under a sliding window that
+    # the prompts do not reach (Mistral's, Gemma 2's: FastLM._plain_cache); Gemma 3's is reached
+    assert lm._widen_prefill is (model_type != "gemma3_text")
 
 
 def test_a_model_that_ignores_position_ids_runs_plain_rows(smol, hf_lm, monkeypatch, caplog):
