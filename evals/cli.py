@@ -59,7 +59,7 @@ def _run_options(args, limit):
     return RunOptions(model=args.model, limit=limit, data_dir=args.data_dir, output_dir=args.output_dir,
                       backend=args.backend, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                       max_gen_toks=args.max_gen_toks, static_cache=args.static_cache,
-                      cuda_graphs=args.cuda_graphs,
+                      cuda_graphs=args.cuda_graphs, trust_remote_code=args.trust_remote_code,
                       cache=not args.no_cache, cache_dir=args.cache_dir)
 
 
@@ -113,6 +113,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-gen-toks", type=int, default=None,
                    help="override every generative task's token limit (recorded in the result); default: each "
                         "YAML's own (bbh 512, gsm8k 256, squad_v2 32, humaneval/mbpp 512)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the model's hub repository or folder run its own modelling code (transformers' "
+                        "trust_remote_code); the fast backend checks such a model's answers against its own forward "
+                        "before the first batch")
     p.add_argument("--static-cache", action="store_true",
                    help="fast backend: greedy generation through transformers' generate with a static KV cache, "
                         "which transformers compiles (torch.compile, CUDA graphs) on CUDA; same text, first "

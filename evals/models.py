@@ -86,8 +86,10 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[st
     return device, dtype
 
 
-def load_model(spec: str, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """Load the model and tokenizer named by `spec` on `device` in `dtype` (auto when None)."""
+def load_model(spec: str, device: str | None = None, dtype: str | None = None,
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load the model and tokenizer named by `spec` on `device` in `dtype` (auto when None);
+    `trust_remote_code` lets a hub repository or folder run its own modelling code."""
     import torch
 
     source = resolve(spec)
@@ -99,7 +101,7 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None) -
         model, tokenizer, extra = build_random(source["preset"], torch_dtype, device)
         info = {**source, **extra}
     else:
-        model, tokenizer, info = _load_pretrained(source, device, torch_dtype)
+        model, tokenizer, info = _load_pretrained(source, device, torch_dtype, trust_remote_code)
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -107,12 +109,14 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None) -
     return LoadedModel(model, tokenizer, info)
 
 
-def _load_pretrained(source: dict, device: str, torch_dtype) -> tuple:
+def _load_pretrained(source: dict, device: str, torch_dtype, trust_remote_code: bool = False) -> tuple:
     """Load a GGUF file, a local folder or a hub model with transformers."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {"dtype": torch_dtype}
+    if trust_remote_code:
+        kwargs["trust_remote_code"] = True
     if source["source"] == "gguf":
         path = Path(source["path"])
         where, kwargs["gguf_file"] = str(path.parent), path.name
@@ -125,11 +129,15 @@ def _load_pretrained(source: dict, device: str, torch_dtype) -> tuple:
     if source.get("device_map") and device.startswith("cuda"):
         kwargs["device_map"] = source["device_map"]
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "revision")})
+        tokenizer = AutoTokenizer.from_pretrained(
+            where, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "revision", "trust_remote_code")})
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except torch.OutOfMemoryError as exc:
         raise ModelError(f"out of memory loading {where} on {device}: use a smaller dtype, more GPUs or a smaller model") from exc
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            raise ModelError(f"model {where} comes with its own modelling code: rerun with --trust-remote-code "
+                             "if you trust that code") from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot load model {where}: {first[:200]} (check the id or path, network access and HF login)") from exc
     if "device_map" not in kwargs:

@@ -33,6 +33,7 @@ class RunOptions:
     max_gen_toks: int | None = None  # overrides every generative task's limit (recorded); None: the YAML's
     static_cache: bool = False  # fast backend: greedy generation with a static KV cache (compiled on CUDA)
     cuda_graphs: bool = False  # fast backend: greedy decoding steps replayed as CUDA graphs (graph_decode.py)
+    trust_remote_code: bool = False  # let a hub repository or folder run its own modelling code
     cache: bool = True  # reuse/store finished requests in the request cache (evals/cache.py)
     cache_dir: Path | None = None  # default .cache/phi2eval or $PHI2EVAL_CACHE_DIR
 
@@ -120,7 +121,8 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     label = f" on a subset (limit {opts.limit} per task)" if opts.limit else ""
     log(f"phi2eval: {len(benches)} benchmark(s){label}; data from {data_dir or 'the Hugging Face hub'}")
     t0 = time.time()
-    loaded = load_model(opts.model, distributed.process_device(world, opts.device), opts.dtype)
+    loaded = load_model(opts.model, distributed.process_device(world, opts.device), opts.dtype,
+                        trust_remote_code=opts.trust_remote_code)
     procs = f"; {world.size} processes (data parallel)" if world.size > 1 else ""
     log(f"phi2eval: loaded {loaded.info['name']} ({loaded.info['source']}) on {loaded.info['device']} "
         f"{loaded.info['dtype']} in {time.time() - t0:.1f} s; backend {backend_label(opts)}{procs}")
