@@ -87,3 +87,10 @@ def test_remote_code_needs_the_flag_and_then_gets_hf_answers(tmp_path):
     reqs = _ll_requests()
     _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
     assert lm.plain_reasons and "trie rows give log-likelihoods" in lm.plain_reasons[0]
+    # its greedy decoding goes through transformers' generate: the same texts as HFLM's
+    from tests.backends.test_fast import FEWSHOT_PROMPTS, GEN_PROMPTS, _inst
+
+    gen = [_inst("generate_until", (p, {"until": ["QQQ"], "max_gen_toks": 12}), i)
+           for i, p in enumerate(FEWSHOT_PROMPTS * 3 + GEN_PROMPTS)]
+    assert lm.generate_until(gen, disable_tqdm=True) == hf.generate_until(gen, disable_tqdm=True)
+    assert lm.stats.get("gen_tokens", 0) == 0  # none decoded by the backend's own loop

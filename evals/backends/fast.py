@@ -28,7 +28,9 @@ Log-likelihood
     disagreeing with the model's own forward (_check_rows: an error, or log-likelihoods apart
     by more than PROBE_TOL), every input runs alone in a right-padded row through the model's
     own forward, as HFLM runs it (_score_plain): same answers, only the batching and the
-    log-softmax at scored positions saved. The reason is logged once.
+    log-softmax at scored positions saved. The reason is logged once. A model that fails the
+    probe also decodes through transformers' generate (greedy decoding gives its own position
+    ids and masks too).
 
 Generation (greedy)
   * Prompts are tokenised like HFLM.tok_batch_encode (left truncation to max_length -
@@ -622,8 +624,11 @@ class FastLM(TemplateLM):
         self._kv_decode = kv_cache_layers(cfg)
         self._rows_reason: str | None = (
             "ALiBi position biases (built from a padding mask, not from position ids)" if uses_alibi(cfg)
-            else None if self._kv_decode else "no key/value cache (state-space or linear-attention layers)")
+            else "no key/value cache (state-space or linear-attention layers)" if not self._kv_decode
+            else f"a {self._window}-token sliding attention window, shorter than the probe's inputs"
+            if self._window is not None and self._window < 100 else None)
         self._rows_checked = self._rows_reason is not None  # _check_rows runs once, if needed
+        self._probe_failed = False  # the probe found trie rows wrong: decoding uses generate too
         self.plain_reasons: list[str] = []  # why log-likelihood ran plain rows (_plain_reason), once each
         # log-likelihood rows run unpadded (packed_attention.py) where the model allows it
         self._n_layers = getattr(model.config, "num_hidden_layers", None)
@@ -772,16 +777,7 @@ class FastLM(TemplateLM):
         """Why these requests must run as plain rows (_score_plain), or None for trie rows: what
         the config rules out, a sliding window shorter than the longest input, or a failed
         probe (_check_rows, once per backend). The reason is logged once."""
-        if not self._rows_checked:
-            self._rows_checked = True
-            stats = dict(self.stats)  # the probe's work is not the run's
-            try:
-                with torch.inference_mode(), attention_kernels(self._device):
-                    self._rows_reason = self._check_rows()
-            finally:
-                probe = {k: v for k, v in self.stats.items() if k.startswith("ll_probe")}
-                self.stats.clear()
-                self.stats.update(stats, **probe)
+        self._ensure_checked()
         reason = self._rows_reason
         if reason is None and self._window is not None:
             longest = max(min(len(ctx) + len(cont), self.max_length + 1) - 1 for ctx, cont in pairs)
@@ -795,13 +791,31 @@ class FastLM(TemplateLM):
             self.stats["ll_plain_calls"] += 1
         return reason
 
+    def _ensure_checked(self) -> None:
+        """Run the probe (_check_rows) once, before the first log-likelihood or generation batch;
+        its work is not counted in the run's stats. A failed probe also sends greedy decoding,
+        which gives its own position ids too, to transformers' generate."""
+        if self._rows_checked:
+            return
+        self._rows_checked = True
+        stats = dict(self.stats)
+        try:
+            with torch.inference_mode(), attention_kernels(self._device):
+                self._rows_reason = self._check_rows()
+        finally:
+            probe = {k: v for k, v in self.stats.items() if k.startswith("ll_probe")}
+            self.stats.clear()
+            self.stats.update(stats, **probe)
+        if self._rows_reason is not None:
+            self._probe_failed = True
+            log.warning("generation: the probe found this model's position ids or masks handled differently (%s); "
+                        "greedy decoding runs through transformers' generate", self._rows_reason)
+
     def _check_rows(self) -> str | None:
         """Probe: a short text's inputs scored through trie rows (two inputs sharing a prefix, one
         more row, and the prefix as a KV cache) against each input alone through the model's own
         forward (_score_plain). Returns why trie rows cannot be used (an error, or log-probabilities
         further apart than PROBE_TOL for the model's dtype), else None."""
-        if self._window is not None and self._window < 100:
-            return f"a {self._window}-token sliding attention window, shorter than the probe's inputs"
         if self.max_length < 128:  # the probe's inputs would not fit: trust the config
             return None
         ids = self.tok_encode(PROBE_TEXT)
@@ -1013,7 +1027,8 @@ class FastLM(TemplateLM):
                 ctx = args[i][0]
                 enc = self.tokenizer(ctx, **self._special_kwargs(ctx, None))["input_ids"]
                 prompts.append(enc[-max_ctx:])
-            greedy = self._plain_greedy(kwargs) and self._kv_decode  # else transformers' generate
+            self._ensure_checked()
+            greedy = self._plain_greedy(kwargs) and self._kv_decode and not self._probe_failed  # else generate
             # the generation budget and padding allowance are for _greedy_batch, whose prefill runs in
             # groups and whose KV cache is reserved; transformers' generate gets the log-likelihood rules
             budget = self.gen_budget if greedy and not self.static_cache else self.budget
