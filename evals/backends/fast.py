@@ -749,6 +749,8 @@ class FastLM(TemplateLM):
     # ----- log-likelihood ---------------------------------------------------------------
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """Score (request_str, context_enc, continuation_enc) triples over prefix-trie rows."""
+        if not requests:
+            return []
         pairs = [(ctx, cont) for _, ctx, cont in requests]
         reason = self._plain_reason(pairs)
         # batch size 1 asks for results that do not depend on the rest of the run: rows of one context

@@ -72,6 +72,7 @@ def test_fast_matches_hf(model_type, tok, caplog):
     model = tiny(model_type, tok)
     hf = HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=2048, device="cpu")
     lm = FastLM(model, tok, max_length=2048)
+    assert lm._loglikelihood_tokens([]) == []  # all requests cached: nothing to do, whatever the window
     reqs = _ll_requests()
     short = [r for r in reqs if len(r.args[0]) < 40]  # all within a 100-token window; the few-shot ones not
     with caplog.at_level(logging.WARNING, logger="evals.backends.fast"):
