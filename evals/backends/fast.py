@@ -1257,8 +1257,9 @@ class FastLM(TemplateLM):
         # stop sequences are looked for only where one can newly appear (stops.py)
         stops = StopCheck(B, self.tok_decode, until, self._eos_ids(), max_gen, stop_free_ids(self.tokenizer, until))
         # fixed-shape steps replayed as CUDA graphs: a single prefix read in place, or none in place
-        # (attention through SDPA, which takes a 4-D mask); not a batch mixing clusters
-        if self.cuda_graphs and (type(pre) is Prefix or (
+        # (attention through SDPA, which takes a 4-D mask: not past a sliding window, which that mask
+        # does not encode); not a batch mixing clusters
+        if self.cuda_graphs and self._within_window and (type(pre) is Prefix or (
                 pre is None and getattr(self.model.config, "_attn_implementation", None) == "sdpa")):
 
             def forward(ids, pos, valid):
