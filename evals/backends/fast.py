@@ -622,11 +622,13 @@ class FastLM(TemplateLM):
         cfg = model.config
         self._window = sliding_window(cfg)
         self._kv_decode = kv_cache_layers(cfg)
-        self._rows_reason: str | None = (
-            "ALiBi position biases (built from a padding mask, not from position ids)" if uses_alibi(cfg)
-            else "no key/value cache (state-space or linear-attention layers)" if not self._kv_decode
-            else f"a {self._window}-token sliding attention window, shorter than the probe's inputs"
-            if self._window is not None and self._window < 100 else None)
+        self._rows_reason: str | None = None
+        if uses_alibi(cfg):
+            self._rows_reason = "ALiBi position biases (built from a padding mask, not from position ids)"
+        elif not self._kv_decode:
+            self._rows_reason = "no key/value cache (state-space or linear-attention layers)"
+        elif self._window is not None and self._window < 100:
+            self._rows_reason = f"a {self._window}-token sliding attention window, shorter than the probe's inputs"
         self._rows_checked = self._rows_reason is not None  # _check_rows runs once, if needed
         self._probe_failed = False  # the probe found trie rows wrong: decoding uses generate too
         self.plain_reasons: list[str] = []  # why log-likelihood ran plain rows (_plain_reason), once each
@@ -877,13 +879,15 @@ class FastLM(TemplateLM):
         self.stats["ll_forward_tokens"] += B * T
         out: list[list] = [[] for _ in range(B)]
         for b, x in enumerate(seqs):
+            end = len(x) - (T - keep)  # the row's last position, +1, in the kept logits
+            n = max(map(len, conts_of[x]))
+            logp = torch.log_softmax(logits[b, end - n : end].float(), dim=-1)  # once per row
+            self.stats["ll_scored_positions"] += n
             for c in conts_of[x]:
-                start = len(x) - len(c) - (T - keep)
-                logp = torch.log_softmax(logits[b, start : start + len(c)].float(), dim=-1)
+                lpc = logp[n - len(c):]
                 tgt = torch.tensor(c, dtype=torch.long, device=logp.device)
-                lp = logp.gather(-1, tgt[:, None]).sum().item()
-                out[b].append(((x, c), (float(lp), bool((logp.argmax(-1) == tgt).all()))))
-                self.stats["ll_scored_positions"] += len(c)
+                lp = lpc.gather(-1, tgt[:, None]).sum().item()
+                out[b].append(((x, c), (float(lp), bool((lpc.argmax(-1) == tgt).all()))))
         return out
 
     def _score_rows(self, rows: list[tuple[int, list[tuple]]], conts_of: dict) -> list[list[tuple[tuple, tuple[float, bool]]]]:
