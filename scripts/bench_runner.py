@@ -359,7 +359,8 @@ def main(argv=None) -> int:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from evals.backends.fast import SDPA_ENV, FastLM
+    from evals.backends.device import SDPA_ENV
+    from evals.backends.fast import FastLM
 
     t0 = time.time()
     model, tok, info = load(args.model, args.device, args.dtype)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Time one model forward per new batch shape with PyTorch's default attention kernels and
-with the fast backend's choice (evals.backends.fast.attention_kernels), side by side.
+with the fast backend's choice (evals.backends.device.attention_kernels), side by side.
 
 Packed log-likelihood batches (explicit 4-D mask) and decoding steps (a 2-D mask over a
 growing KV cache) both bring a new shape at almost every call; a kernel that builds a plan
@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from evals.backends.fast import _out_cache, attention_kernels  # noqa: E402
+from evals.backends.device import attention_kernels  # noqa: E402
+from evals.backends.kv_cache import out_cache  # noqa: E402
 from evals.random_model import build_random  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def decode_steps_ms(model, device, rows: int, prompt: int, steps: int) -> list[f
     mask = torch.ones(rows, prompt, dtype=torch.long, device=device)
     mask[: rows // 2, :3] = 0  # some left padding, as in a real batch
     out = model(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
-    cache = _out_cache(out)
+    cache = out_cache(out)
     kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     times = []
     for _ in range(steps):

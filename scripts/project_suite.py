@@ -59,8 +59,8 @@ MEMORY = {"h200": 141e9, "h100": 80e9, "a100": 80e9}  # bytes of device memory (
 
 def matmul_params(preset: str) -> tuple[int, int, int, float]:
     """(body, lm_head, embedding) parameter counts of a random-model preset, built on the meta
-    device, and the fast backend's merge ratio for it (fast.merge_ratio)."""
-    from evals.backends.fast import merge_ratio
+    device, and the fast backend's merge ratio for it (device.merge_ratio)."""
+    from evals.backends.device import merge_ratio
     from evals.random_model import build_random
 
     model, _, _ = build_random(preset, "bfloat16", "meta")
@@ -73,7 +73,7 @@ def matmul_params(preset: str) -> tuple[int, int, int, float]:
 
 def once_tokens(seqs: list) -> int:
     """Tokens the fast backend forwards for `seqs` when each cluster's shared prefix runs once."""
-    from evals.backends.fast import share_clusters
+    from evals.backends.planning import share_clusters
 
     keys, shared = share_clusters(seqs)
     prefix_once = {k: s for k, s in zip(keys, shared) if k is not None}
@@ -100,7 +100,8 @@ def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple
     forward passes (ll_batches, ll_prefix_passes)."""
     from bench_runner import hf_work
 
-    from evals.backends.fast import merge_ratio, plan_loglikelihood
+    from evals.backends.device import merge_ratio
+    from evals.backends.planning import plan_loglikelihood
 
     kind = insts[0].request_type
     rec = {"request_type": kind, "n_docs": len({(i.task_name, i.doc_id) for i in insts}), "n_requests": len(insts)}
@@ -114,7 +115,7 @@ def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple
         if ll_plan is not None:
             rec.update(ll_batches_of(plan, ll_plan[0], ll_plan[2]))
     else:
-        from evals.backends.fast import share_clusters
+        from evals.backends.planning import share_clusters
 
         prompts, gens = [], []
         for inst in insts:
@@ -157,7 +158,8 @@ def gen_batches_of(prompts: list, gens: list[int], budget_tokens: int, pad_waste
     cluster (or of mixed clusters), which read their prefix in place (prefix_attention), and
     their steps."""
     from evals.backends.batching import TokenBudget, plan_batches
-    from evals.backends.fast import GEN_PAD_RATIO, plan_generation
+    from evals.backends.greedy import GEN_PAD_RATIO
+    from evals.backends.planning import plan_generation
 
     by_gen: dict = {}
     for q, g in zip(prompts, gens):
@@ -215,7 +217,7 @@ def step_costs(record: dict | None, cuda_graphs: bool = False) -> tuple[float, f
     `cuda_graphs` the time of a step replayed as a CUDA graph for both."""
     from bench_decode_step import EXPANDED, GRAPHS, IN_PLACE
 
-    from evals.backends.fast import GPU_FORWARD_OVERHEAD_S
+    from evals.backends.device import GPU_FORWARD_OVERHEAD_S
 
     base = f"{GPU_FORWARD_OVERHEAD_S * 1000:.0f} ms per step as measured on an H200 on 2026-11-27"
     if record is None:
@@ -278,7 +280,7 @@ def main(argv=None) -> int:
 
     lm = token_counter(tok, int(spec["config"].get("max_position_embeddings", 2048)))
     # generation batches as the backend cuts them on this device (gen_budget_tokens on CUDA)
-    from evals.backends.fast import GPU_GEN_MEMORY_SHARE, gen_pad_waste_tokens, kv_budget_tokens
+    from evals.backends.device import GPU_GEN_MEMORY_SHARE, gen_pad_waste_tokens, kv_budget_tokens
 
     weight_bytes = 2 * (body + head + emb)
     free = MEMORY[args.device] - weight_bytes
@@ -287,7 +289,7 @@ def main(argv=None) -> int:
     # log-likelihood batches as the backend cuts them on CUDA (default_budget: 60% of the free
     # memory at CUDA_BYTES_PER_TOKEN; packed rows; one-row clusters pooled at two forward passes' cost)
     from evals.backends.batching import cuda_budget
-    from evals.backends.fast import GPU_FORWARD_OVERHEAD_S, overhead_tokens
+    from evals.backends.device import GPU_FORWARD_OVERHEAD_S, overhead_tokens
 
     ll_budget = cuda_budget(free)
     ll_plan = (ll_budget, 2 * overhead_tokens(body + head + emb, True, ll_budget), True)

@@ -70,6 +70,12 @@ if DynamicLayer is not None:
             self.use_buffers(self._kbuf[:rows], self._vbuf[:rows], n)
 
 
+def out_cache(out):
+    """The KV cache of a model output (`cache` in transformers 5, `past_key_values` before)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def compact_order(keep: list[int], n: int) -> list[int]:
     """Rows of a batch of n that remain, as an order for compact_cache: the kept rows among the
     first len(keep) stay where they are, and the kept rows past them fill the holes left by the

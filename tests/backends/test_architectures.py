@@ -75,7 +75,7 @@ def test_fast_matches_hf(model_type, tok, caplog):
     assert lm._loglikelihood_tokens([]) == []  # all requests cached: nothing to do, whatever the window
     reqs = _ll_requests()
     short = [r for r in reqs if len(r.args[0]) < 40]  # all within a 100-token window; the few-shot ones not
-    with caplog.at_level(logging.WARNING, logger="evals.backends.fast"):
+    with caplog.at_level(logging.WARNING, logger="evals.backends"):
         _assert_same_ll(lm.loglikelihood(short, disable_tqdm=True), hf.loglikelihood(short, disable_tqdm=True))
         plain_short = lm.stats["ll_plain_calls"]
         _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
@@ -101,7 +101,7 @@ def test_a_model_that_ignores_position_ids_runs_plain_rows(smol, hf_lm, monkeypa
     monkeypatch.setattr(base, "forward", lambda *a, **k: forward(base, *a, **{**k, "position_ids": None}))
     lm = FastLM(model, tok, max_length=2048)
     reqs = _ll_requests()[:12]
-    with caplog.at_level(logging.WARNING, logger="evals.backends.fast"):
+    with caplog.at_level(logging.WARNING, logger="evals.backends"):
         got = lm.loglikelihood(reqs, disable_tqdm=True)
     _assert_same_ll(got, hf_lm.loglikelihood(reqs, disable_tqdm=True))
     assert lm.stats["ll_plain_calls"] == 1 and lm.stats["ll_probe_max_diff_e6"] > 1e6

@@ -76,40 +76,6 @@ def test_available_memory_is_read_on_linux():
         assert available_memory_bytes() > 0
 
 
-def test_gpu_pad_waste_is_the_tokens_of_one_forward_overhead():
-    from evals.backends.fast import GPU_ASSUMED_FLOPS, GPU_FORWARD_OVERHEAD_S, gpu_pad_waste
-
-    model = torch.nn.Linear(1000, 1000)  # ~1M parameters: capped by the budget
-    assert gpu_pad_waste(model, 4000) == 1000
-    n = sum(p.numel() for p in model.parameters())
-    assert gpu_pad_waste(model, 10**12) == int(GPU_FORWARD_OVERHEAD_S * GPU_ASSUMED_FLOPS / (2 * n))
-
-
-def test_gpu_pad_waste_of_packed_rows_counts_attention_only():
-    """Packed rows pay padding in attention only: merge_ratio / 1024 times the padded-row waste."""
-    from types import SimpleNamespace
-
-    from evals.backends.fast import gpu_pad_waste, merge_ratio
-
-    class Deep(torch.nn.Module):  # 2 layers of hidden 64 with 1M matrix-product parameters
-        config = SimpleNamespace(num_hidden_layers=2, hidden_size=64)
-
-        def __init__(self):
-            super().__init__()
-            self.emb = torch.nn.Embedding(10, 64)
-            self.body = torch.nn.Linear(1000, 1000, bias=False)
-
-        def get_input_embeddings(self):
-            return self.emb
-
-    model = Deep()
-    ratio = merge_ratio(model)
-    assert ratio == 1_000_000 / (2 * 2 * 64)
-    padded = gpu_pad_waste(model, 10**12)
-    assert gpu_pad_waste(model, 10**12, attention_only=True) == pytest.approx(padded * ratio / 1024, rel=1e-3)
-    assert gpu_pad_waste(model, 4000, attention_only=True) == 1000  # still a quarter of the budget at most
-
-
 def test_keys_never_share_a_batch():
     batches = plan_batches([5, 5, 5, 5], TokenBudget(100), keys=["a", None, "a", None])
     assert sorted(map(sorted, batches)) == [[0, 2], [1, 3]]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from evals.backends.fast import FastLM, common_prefix_len, plan_loglikelihood, share_clusters
+from evals.backends.fast import FastLM
 
 FEWSHOT = "The following are questions with answers.\n\n" + "".join(
     f"Q: What is {i} plus {i}?\nA: {2 * i}\n\n" for i in range(10)
@@ -76,22 +76,6 @@ def test_a_cluster_that_fits_one_row_joins_the_pool(smol, hf_ll):
     assert runs[False]["ll_prefix_passes"] == 1 and prefix > 0
     assert runs[True].get("ll_prefix_passes", 0) == 0 and runs[True].get("ll_shared_prefix_tokens", 0) == 0
     assert runs[True]["ll_real_tokens"] == runs[False]["ll_real_tokens"] + prefix  # the prefix ran once
-
-
-def test_pooling_weighs_the_attention_it_adds():
-    """plan_loglikelihood pools a one-row cluster only where the attention pairs it adds (its S
-    prefix nodes facing its n other nodes) cost at most pool_tokens tokens of matrix products
-    (merge ratio 10 here), and never at batch size 1 (local: one context per row)."""
-    prefix = list(range(100, 140)) + [7]  # contexts sharing 41 tokens: a cluster (SHARE_MIN 32)
-    pairs = [(prefix + [k, 8], [9]) for k in range(3)] + [([1, 2, 3], [4])]
-    # pooled, the cluster is one row of 41 + 3 x 2 nodes: S x n = 41 x 6 = 246 pairs = 24.6 tokens
-    for pool_tokens, pooled in ((0, False), (24, False), (25, True), (1e9, True)):
-        plan = plan_loglikelihood(pairs, 2048, 10.0, pool_tokens=pool_tokens)
-        assert all(k is None for k in plan.row_keys) is pooled, pool_tokens
-        assert plan.forward_tokens() == 41 + 6 + 3  # the prefix once either way
-        assert sorted(plan.lengths) == ([3, 47] if pooled else [3, 43, 43, 43])  # clustered: S + 2 per row
-    local = plan_loglikelihood(pairs, 2048, 10.0, local=True, pool_tokens=1e9)
-    assert [k is not None for k in local.row_keys].count(True) == 3
 
 
 def test_loglikelihood_tokenisation_matches_hf(fast, hf_lm):
@@ -230,7 +214,7 @@ def test_static_cache_generation_identical_to_hf(smol, hf_lm, gen_kwargs):
 def test_static_cache_batches_have_bucketed_shapes(smol, monkeypatch):
     """Rows padded to a power of two, prompts to a multiple of STATIC_LEN_BUCKET; the padding
     rows' texts are dropped and a row's text ends at its first EOS."""
-    from evals.backends.fast import STATIC_LEN_BUCKET
+    from evals.backends.greedy import STATIC_LEN_BUCKET
 
     model, tok = smol
     lm = FastLM(model, tok, max_length=2048, static_cache=True)
@@ -331,12 +315,12 @@ def test_grouped_prefill_gives_the_whole_batch_texts(smol, prompts, in_place):
 
 
 def test_grouped_prefill_falls_back_when_the_cache_cannot_be_widened(smol, monkeypatch, caplog):
-    from evals.backends import fast as fast_mod
+    from evals.backends import greedy
 
     model, tok = smol
     enc = [tok(p)["input_ids"] for p in GEN_PROMPTS]
     ref = FastLM(model, tok, max_length=2048)._greedy_batch(enc, ["\n\n"], 8)
-    monkeypatch.setattr(fast_mod, "widen_cache", lambda *a: False)
+    monkeypatch.setattr(greedy, "widen_cache", lambda *a: False)
     lm = FastLM(model, tok, max_length=2048)
     with caplog.at_level("WARNING"):
         assert lm._greedy_batch(enc, ["\n\n"], 8) == ref
@@ -344,65 +328,27 @@ def test_grouped_prefill_falls_back_when_the_cache_cannot_be_widened(smol, monke
     assert lm.stats["gen_prefill_passes"] == 1
 
 
-def test_small_clusters_decode_in_the_pool():
-    from evals.backends.fast import pool_small_clusters
-
-    keys, shared = pool_small_clusters([0, 0, 0, 5, 5, None], [40, 40, 40, 33, 33, 0], 3)
-    assert keys == [0, 0, 0, None, None, None] and shared == [40, 40, 40, 0, 0, 0]
-    # a cluster whose prefix copied to all rows but one fits the allowance joins the pool too
-    args = ([0, 0, 0, 7, 7, 7], [40, 40, 40, 30, 30, 30], 3)
-    assert pool_small_clusters(*args, max_copied=60)[0] == [0, 0, 0, None, None, None]
-    assert pool_small_clusters(*args, max_copied=59)[0] == [0, 0, 0, 7, 7, 7]
-    assert pool_small_clusters(*args, max_copied=80) == ([None] * 6, [0] * 6)
-
-
 def test_generation_budget(smol, monkeypatch):
     """On the CPU a generation batch may fill a share of the available memory with KV cache
     (never less than the log-likelihood budget); an explicit budget holds for both."""
-    from evals.backends import fast as fast_mod
+    from evals.backends import device
 
     model, tok = smol
-    monkeypatch.setattr(fast_mod, "available_memory_bytes", lambda: 8 << 30)
+    monkeypatch.setattr(device, "available_memory_bytes", lambda: 8 << 30)
     monkeypatch.delenv("PHI2EVAL_TOKEN_BUDGET", raising=False)
     kv = 2 * 30 * 3 * 64 * 4  # float32
     lm = FastLM(model, tok, max_length=2048)
-    assert lm.gen_budget.tokens == int(fast_mod.CPU_GEN_MEMORY_SHARE * (8 << 30) / kv) > lm.budget.tokens
+    assert lm.gen_budget.tokens == int(device.CPU_GEN_MEMORY_SHARE * (8 << 30) / kv) > lm.budget.tokens
     assert FastLM(model, tok, max_length=2048, token_budget=3000).gen_budget.tokens == 3000
-    monkeypatch.setattr(fast_mod, "available_memory_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(device, "available_memory_bytes", lambda: 1 << 20)
     assert FastLM(model, tok, max_length=2048).gen_budget.tokens == lm.budget.tokens
-
-
-def test_kv_budget_tokens():
-    """Phi-2 in bf16 (320 KiB per token) in 35% of an H200's memory after its weights: 144k tokens."""
-    from evals.backends.batching import MAX_TOKENS
-    from evals.backends.fast import kv_budget_tokens
-
-    assert kv_budget_tokens(135 * 10**9, 327680, 0.35, 1024) == 144195
-    assert kv_budget_tokens(10**12, 327680, 0.6, 8192) == MAX_TOKENS
-    assert kv_budget_tokens(10**9, 327680, 0.6, 1024) == int(0.6 * 10**9 / 327680)
-    assert kv_budget_tokens(10**6, 327680, 0.6, 1024) == 1024  # never below the base
-    assert kv_budget_tokens(None, 327680, 0.6, 1024) == kv_budget_tokens(10**9, None, 0.6, 1024) == 1024
-
-
-def test_generation_pad_waste_is_a_steps_fixed_cost_in_kv_reads(smol):
-    """CPU: weights over one token's KV bytes; GPU: at least the forward overhead's worth of
-    bytes at the assumed bandwidth; a quarter of the budget at most."""
-    from evals.backends.fast import GPU_ASSUMED_BANDWIDTH, GPU_FORWARD_OVERHEAD_S, gen_pad_waste
-
-    model, _ = smol
-    weights = sum(p.numel() * 4 for p in model.parameters())
-    kv = 2 * 30 * 3 * 64 * 4
-    assert gen_pad_waste(model, torch.device("cpu"), 10**9) == int(weights / kv)  # ~11.7k tokens
-    assert gen_pad_waste(model, torch.device("cpu"), 4000) == 1000
-    gpu = gen_pad_waste(model, torch.device("cuda"), 10**9)
-    assert gpu == int(GPU_FORWARD_OVERHEAD_S * GPU_ASSUMED_BANDWIDTH / kv)
 
 
 def test_stop_check_on_the_tail_stops_at_the_same_step(smol, monkeypatch):
     """Stop sequences are looked for only after tokens that can end one, in the text of a row's
     last tokens: the rows stop at the same step as when the whole text is decoded after every
     token (a huge tail, no token skipped), with the same texts."""
-    from evals.backends import fast as fast_mod
+    from evals.backends import greedy
     from evals.backends import stops
 
     model, tok = smol
@@ -411,20 +357,11 @@ def test_stop_check_on_the_tail_stops_at_the_same_step(smol, monkeypatch):
     runs = []
     for tail, skip in ((stops.STOP_TAIL_TOKENS, True), (10 ** 6, False)):
         monkeypatch.setattr(stops, "STOP_TAIL_TOKENS", tail)
-        monkeypatch.setattr(fast_mod, "stop_free_ids", stops.stop_free_ids if skip else lambda *a: frozenset())
+        monkeypatch.setattr(greedy, "stop_free_ids", stops.stop_free_ids if skip else lambda *a: frozenset())
         lm = FastLM(model, tok, max_length=2048)
         runs.append((lm._greedy_batch(prompts, until, 40), lm.stats["gen_tokens"]))
     assert runs[0] == runs[1]
     assert runs[0][1] < 40 * len(prompts)  # some rows stopped early
-
-
-def test_prefix_helpers():
-    assert common_prefix_len([[1, 2, 3], [1, 2, 4]]) == 2
-    assert common_prefix_len([[1, 2], [1, 2, 3]]) == 1  # every row keeps a token
-    a = [7] * 40
-    keys, shared = share_clusters([a + [1], [5, 6], a + [2, 3]])
-    assert keys[0] == keys[2] is not None and keys[1] is None
-    assert shared[0] == shared[2] == 40 and shared[1] == 0
 
 
 def test_registered_with_lm_eval():
@@ -457,38 +394,19 @@ def test_random_tiny_phi_matches_hf():
     assert lm.stats["gen_prefix_in_place_batches"] >= 1  # Phi's attention read the shared prefix in place
 
 
-def test_attention_kernels_exclude_cudnn_on_cuda_only(monkeypatch):
-    """On CUDA the backend's forwards run without cuDNN attention (a plan per new shape:
-    1.3 s for the first packed batch on an H200, results/bench/gpu_probe.json); CPU and
-    PHI2EVAL_SDPA=default leave PyTorch's choice alone."""
-    from evals.backends.fast import SDPA_ENV, attention_kernels
-
-    monkeypatch.delenv(SDPA_ENV, raising=False)
-    before = torch.backends.cuda.cudnn_sdp_enabled()
-    with attention_kernels(torch.device("cuda")):
-        assert not torch.backends.cuda.cudnn_sdp_enabled()
-        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
-    assert torch.backends.cuda.cudnn_sdp_enabled() == before
-    with attention_kernels(torch.device("cpu")):
-        assert torch.backends.cuda.cudnn_sdp_enabled() == before
-    monkeypatch.setenv(SDPA_ENV, "default")
-    with attention_kernels(torch.device("cuda")):
-        assert torch.backends.cuda.cudnn_sdp_enabled() == before
-
-
 def test_rows_leaving_a_batch_keep_their_texts(smol, monkeypatch):
     """Rows finishing at different steps leave the batch and later rows move into their place
     (compact_cache); every row's text is the one it gets decoded alone."""
-    from evals.backends import fast as fast_mod
+    from evals.backends import greedy
 
     model, tok = smol
-    orders, real = [], fast_mod.compact_cache
+    orders, real = [], greedy.compact_cache
 
     def spy(cache, order, device):
         orders.append(list(order))
         return real(cache, order, device)
 
-    monkeypatch.setattr(fast_mod, "compact_cache", spy)
+    monkeypatch.setattr(greedy, "compact_cache", spy)
     enc = [tok(p)["input_ids"] for p in GEN_PROMPTS]
     lm = FastLM(model, tok, max_length=2048)
     with torch.inference_mode():
@@ -504,32 +422,16 @@ FEWSHOT_B = "Answer each question with one word.\n\n" + "".join(
 MIXED_CLUSTERS = FEWSHOT_PROMPTS + [FEWSHOT_B + f"Q: What colour is {x}?\nA:" for x in ("milk", "an orange", "a frog")]
 
 
-def test_mix_clusters_packs_clusters_into_shared_batches():
-    """Clusters cut into pieces that fill a batch (rows x longest + prefix), packed largest first."""
-    from evals.backends.fast import mix_clusters
-
-    keys = ["a"] * 4 + ["b"] * 3 + ["c"] * 2 + [None] + ["d"] * 10
-    lengths = [10, 10, 9, 9, 8, 8, 8, 20, 20, 5] + [10] * 10
-    got = mix_clusters(keys, [2] * 9 + [0] + [2] * 10, lengths, 90)
-    assert got[9] is None  # the pool stays apart
-    # a batch holds rows x longest + its prefixes (2 tokens each). d: 10 rows x 10 + 2 > 90, cut
-    # into 8 rows (82) and 2; a (4 x 10 + 2) and c (2 x 20 + 2) open bins; b (3 x 8) joins a:
-    # 7 rows x 10 + 4 = 74; d's last 2 rows join c: 4 x 20 + 4 = 84
-    d = got[10:]
-    assert len(set(d[:8])) == 1 and d[0] not in got[:10]
-    assert len(set(got[:7])) == 1 and got[7] == got[8] == d[8] == d[9] != got[0]
-
-
 def test_a_batch_mixing_clusters_gives_each_clusters_texts(smol, hf_lm, monkeypatch):
     """Rows of two few-shot clusters in one decoding loop, each reading its own prefix in place
     (MultiPrefix): the texts of each cluster decoded alone, and HFLM's."""
-    from evals.backends import fast as fast_mod
-    from evals.backends.fast import share_clusters
+    from evals.backends import planning
+    from evals.backends.planning import share_clusters
 
     model, tok = smol
     enc = [tok(p)["input_ids"] for p in MIXED_CLUSTERS]
     _, shared = share_clusters(enc)
-    assert len({tuple(e[:n]) for e, n in zip(enc, shared)}) == 2 and min(shared) >= fast_mod.SHARE_MIN
+    assert len({tuple(e[:n]) for e, n in zip(enc, shared)}) == 2 and min(shared) >= planning.SHARE_MIN
     lm = FastLM(model, tok, max_length=2048)
     with torch.inference_mode():
         mixed = lm._greedy_batch(enc, ["\n\n", "Q:"], 12, list(shared))
@@ -537,7 +439,7 @@ def test_a_batch_mixing_clusters_gives_each_clusters_texts(smol, hf_lm, monkeypa
             lm._greedy_batch(enc[4:], ["\n\n", "Q:"], 12, shared[4])
     assert mixed == alone and lm.stats["gen_mixed_batches"] == 1
     # through generate_until: the planner mixes the two clusters (kept out of the pool here)
-    monkeypatch.setattr(fast_mod, "GEN_CLUSTER_MIN_ROWS", 2)
+    monkeypatch.setattr(planning, "GEN_CLUSTER_MIN_ROWS", 2)
     reqs = [_inst("generate_until", (p, {"until": ["\n\n", "Q:"], "max_gen_toks": 12}), i)
             for i, p in enumerate(MIXED_CLUSTERS)]
     lm = FastLM(model, tok, max_length=2048)
@@ -547,14 +449,14 @@ def test_a_batch_mixing_clusters_gives_each_clusters_texts(smol, hf_lm, monkeypa
 
 def test_a_mixed_batch_falls_back_to_one_batch_per_cluster(smol, monkeypatch, caplog):
     """Where caches cannot be assembled from groups, each cluster decodes on its own."""
-    from evals.backends import fast as fast_mod
-    from evals.backends.fast import share_clusters
+    from evals.backends import greedy
+    from evals.backends.planning import share_clusters
 
     model, tok = smol
     enc = [tok(p)["input_ids"] for p in MIXED_CLUSTERS]
     _, shared = share_clusters(enc)
     ref = FastLM(model, tok, max_length=2048)._greedy_batch(enc, ["\n"], 8, list(shared))
-    monkeypatch.setattr(fast_mod, "widen_cache", lambda *a: False)
+    monkeypatch.setattr(greedy, "widen_cache", lambda *a: False)
     lm = FastLM(model, tok, max_length=2048)
     with caplog.at_level("WARNING"):
         assert lm._greedy_batch(enc, ["\n"], 8, list(shared)) == ref
@@ -573,30 +475,14 @@ def test_loglikelihood_rolling_matches_hf(smol):
     assert len(got) == 3 and all(abs(a - b) < 1e-4 for a, b in zip(got, ref))
 
 
-def test_plan_generation_holds_a_read_in_place_prefix_once():
-    from evals.backends.fast import GEN_CLUSTER_MIN_ROWS, plan_generation
-
-    few = [[7] * 40 + [i] for i in range(GEN_CLUSTER_MIN_ROWS)]
-    prompts = few + [[5, 6], [9] * 40 + [1], [9] * 40 + [2]]  # a cluster of 8, a pair (pooled), one alone
-    keys, shared, lengths, pad = plan_generation(prompts, 10, shared_decode=True)
-    assert len(set(keys[:8])) == 1 and keys[0] is not None and keys[8:] == [None] * 3
-    assert shared == [40] * 8 + [0, 0, 0]
-    assert lengths == pad == [11] * 8 + [12, 51, 51]
-    assert plan_generation(prompts, 10, shared_decode=False)[2] == [51] * 8 + [12, 51, 51]
-    # the 8 prompts' prefix copied to 7 of them (280 tokens) within the allowance: pooled
-    keys, shared, lengths, _ = plan_generation(prompts, 10, shared_decode=True, pool_tokens=7 * 40)
-    assert keys == [None] * 11 and lengths == [51] * 8 + [12, 51, 51]
-    assert plan_generation(prompts, 10, shared_decode=True, pool_tokens=7 * 40 - 1)[0][0] is not None
-
-
 def test_only_greedy_decoding_gets_the_generation_budget(smol, monkeypatch):
     """transformers' generate (sampling, --static-cache) prefills whole batches and grows its
     cache by concatenation, so it keeps the log-likelihood budget and padding rules."""
-    from evals.backends import fast as fast_mod
+    from evals.backends import greedy
 
     model, tok = smol
     seen = []
-    monkeypatch.setattr(fast_mod, "run_batched",
+    monkeypatch.setattr(greedy, "run_batched",
                         lambda lengths, fn, budget, *a, **k: seen.append((budget, k.get("pad_waste"))) or [""] * len(lengths))
     reqs = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 4})) for p in GEN_PROMPTS[:2]]
     sampled = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 4, "do_sample": True})) for p in GEN_PROMPTS[:2]]

@@ -47,7 +47,7 @@ def test_fast_work_counts_the_prefix_passes(shared_data, tmp_path, monkeypatch, 
     assert work["fast_forward_tokens"] == lm.stats["ll_real_tokens"] + lm.stats.get("ll_shared_prefix_tokens", 0)
     import torch
 
-    from evals.backends.fast import forward_cost_tokens
+    from evals.backends.device import forward_cost_tokens
 
     pool_tokens = 2 * forward_cost_tokens(model, torch.device("cpu"), lm.budget.tokens) if pool else 0
     plan = project_suite.count_work("mmlu", insts, lm, ll_plan=(lm.budget.tokens, pool_tokens, False))

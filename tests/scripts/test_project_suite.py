@@ -43,7 +43,8 @@ def test_loglikelihood_passes_are_those_the_backend_runs(embedded_model, budget,
     by padded size; the few-shot cluster pooled into one row, or kept with its prefix pass)."""
     import torch
 
-    from evals.backends.fast import FastLM, forward_cost_tokens
+    from evals.backends.device import forward_cost_tokens
+    from evals.backends.fast import FastLM
 
     lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048, token_budget=budget)
     lm.pool_clusters = pool
@@ -63,7 +64,7 @@ def test_generation_work_counts_max_new_tokens(embedded_model):
     rec = project_suite.count_work("t", reqs, lm)
     prompt = sum(len(lm.tok_encode(c)) for c in CONTEXTS)
     assert rec["prompt_tokens"] == prompt and rec["max_new_tokens"] == 4 * 32
-    from evals.backends.fast import share_clusters
+    from evals.backends.planning import share_clusters
 
     _, shared = share_clusters([lm.tok_encode(c) for c in CONTEXTS])
     S = max(shared)
@@ -76,7 +77,8 @@ def test_generation_work_counts_max_new_tokens(embedded_model):
 
 def test_token_counter_counts_like_the_backend(embedded_model):
     """main() counts with a model-less FastLM: same tokens, same work as the real backend."""
-    from evals.backends.fast import FastLM, merge_ratio
+    from evals.backends.device import merge_ratio
+    from evals.backends.fast import FastLM
 
     lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048)
     counter = project_suite.token_counter(embedded_model.tokenizer, 2048)
@@ -120,10 +122,11 @@ def test_generation_batches_are_those_the_backend_runs(embedded_model, monkeypat
     clusters mixed; min_rows 2: the few-shot prompts form a cluster, not part of the pool)."""
     import torch
 
-    from evals.backends import fast as fast_mod
-    from evals.backends.fast import FastLM, gen_pad_waste
+    from evals.backends import planning
+    from evals.backends.device import gen_pad_waste
+    from evals.backends.fast import FastLM
 
-    monkeypatch.setattr(fast_mod, "GEN_CLUSTER_MIN_ROWS", min_rows)
+    monkeypatch.setattr(planning, "GEN_CLUSTER_MIN_ROWS", min_rows)
 
     lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048, token_budget=budget)
     calls = []
@@ -146,7 +149,7 @@ def test_step_costs_from_a_decode_step_record():
     times, and with --cuda-graphs the graph step's time for every step (if it really replayed)."""
     from bench_decode_step import EXPANDED, GRAPHS, IN_PLACE
 
-    from evals.backends.fast import GPU_FORWARD_OVERHEAD_S as base
+    from evals.backends.device import GPU_FORWARD_OVERHEAD_S as base
 
     assert project_suite.step_costs(None)[:2] == (base, base)
     modes = {EXPANDED: {"ops_per_step": 1000, "ms_per_step": 20.0}, IN_PLACE: {"ops_per_step": 1200, "ms_per_step": 30.0},

@@ -1,0 +1,426 @@
+"""Greedy generation methods of the fast backend (FastLM).
+
+Generation (greedy)
+  * Prompts are tokenised like HFLM.tok_batch_encode (left truncation to max_length -
+    max_gen_toks), sorted by length, left padded, decoded greedily with a KV cache.
+  * Prompts sharing a few-shot prefix (a cluster) prefill it once; where the model's attention
+    runs through transformers' AttentionInterface the rows' KV cache holds only their own
+    tokens and each decoding step reads the prefix's one copy for all rows
+    (prefix_attention.py), so a batch is sized by its rows' own tokens; otherwise the
+    prefix's cache is copied to every row. A cluster of fewer than GEN_CLUSTER_MIN_ROWS prompts,
+    or whose prefix copied to all but one of its rows is fewer tokens than the padding allowance
+    (gen_pad_waste), joins the common pool, where prompts of different tasks share batches.
+    On the CPU (mix_clusters) clusters also share batches, each row reading its own cluster's
+    prefix in place (MultiPrefix); then only clusters of fewer than GEN_CLUSTER_MIN_ROWS
+    prompts join the pool.
+  * Generation batches have their own token budget (on the CPU sized by the KV cache's memory,
+    gen_budget_tokens) and take rows of any length while reading their left padding's KV
+    cache costs less than a decoding step's fixed cost (gen_pad_waste); a batch's rows are
+    prefilled in groups of similar length whose caches are copied into one left-padded cache
+    (widen_cache), so padding costs no prefill.
+  * Each row stops on the model's EOS token, on max_gen_toks, or as soon as its decoded text
+    holds a stop sequence whose cut can no longer move (looked for in the text of the last
+    few tokens, the whole text decoded only once one appears); finished rows leave the batch,
+    the rows behind them moved into their place in the reserved cache (compact_cache).
+  * Output text = HFLM's post-processing (cut at the first stop sequence).
+  * Sampling or unusual generation kwargs, and models without a plain key/value cache (Mamba),
+    fall back to `model.generate` exactly as HFLM calls it. Under a sliding window shorter than
+    a call's prompts plus max_gen_toks, prefixes are copied to every row, not read in place;
+    under a longer one the cache is made of plain layers (_plain_cache), as without a window.
+  * Optional (`static_cache=True`, `--static-cache`): greedy batches run through transformers'
+    `generate` with a static KV cache, whose decoding step transformers compiles with
+    torch.compile (CUDA graphs) on CUDA. Shapes are bucketed so few graphs are compiled; rows
+    stay in the batch until all are finished and few-shot prefixes are not shared. Same text
+    as the default path on CPU (tested); its speed on a GPU is not measured yet.
+  * Optional (`cuda_graphs=True`, `--cuda-graphs`): the default greedy decoding, its steps run
+    on fixed tensors and replayed as CUDA graphs (graph_decode.py): prefixes still read in place,
+    rows compacted at half. Same text on CPU (tested, graphs through a CPU stand-in); its speed
+    on a GPU is not measured yet.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import defaultdict
+
+import torch
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.models.utils_hf import stop_sequences_criteria
+
+from evals.backends import graph_decode
+from evals.backends.batching import TokenBudget, plan_batches, run_batched
+from evals.backends.device import attention_kernels, gen_pad_waste
+from evals.backends.kv_cache import compact_cache, compact_order, fill_rows, out_cache, reserve_cache, widen_cache
+from evals.backends.planning import SHARE_MIN, plan_generation
+from evals.backends.prefix_attention import PREFIX_KW, MultiPrefix, Prefix, cache_kv, shared_prefix
+from evals.backends.stops import StopCheck, stop_free_ids
+
+log = logging.getLogger(__name__)
+
+GREEDY_IGNORED_KWARGS = {"do_sample", "temperature", "top_p", "top_k"}
+# generation: decoding steps cost about the same for 4 rows as for 1, so batches may hold rows
+# up to 1.5x shorter (left padding) instead of log-likelihood's 1.1x
+GEN_PAD_RATIO = 1.5
+# a prefill group (rows prefilled together, then copied into the batch's reserved cache) holds at
+# most this share of the generation budget, and at most the log-likelihood budget
+GEN_PREFILL_SHARE = 0.25
+# static-cache generation: a benchmark's prompts are left padded to one width, a multiple of this
+# many tokens (rows: see _static_greedy_batch), so a run compiles a few decoding graphs, not one per batch
+STATIC_LEN_BUCKET = 256
+
+
+class _NoSharedPrefix(Exception):
+    """The model's attention did not read the shared prefix in place (see FastLM._decode)."""
+
+
+class _NoWiden(Exception):
+    """The model's KV cache cannot be assembled from prefill groups (widen_cache)."""
+
+
+
+class GreedyMixin:
+    """FastLM's lm-eval generation method (see the module docstring); the model, tokenizer,
+    budgets, caches and stats are FastLM's."""
+
+    # ----- generation -------------------------------------------------------------------
+    def _eos_ids(self) -> set[int]:
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if eos is None:
+            return set()
+        return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+
+    def _plain_greedy(self, kwargs: dict) -> bool:
+        if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0)) != 0.0:
+            return False
+        if set(kwargs) - GREEDY_IGNORED_KWARGS:
+            return False
+        gc = self.model.generation_config
+        return (gc.repetition_penalty in (None, 1.0) and not gc.no_repeat_ngram_size and not gc.bad_words_ids
+                and not gc.suppress_tokens and not gc.begin_suppress_tokens and not gc.min_new_tokens
+                and not gc.min_length and (gc.num_beams or 1) == 1 and not gc.forced_bos_token_id
+                and not gc.forced_eos_token_id)
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy batched generation with HFLM's stop/length semantics."""
+        args = [r.args for r in requests]
+        by_kwargs: dict[str, list[int]] = defaultdict(list)
+        for i, (_, gk) in enumerate(args):
+            by_kwargs[repr(sorted(gk.items()))].append(i)
+        eos_str = self.tok_decode(self.eot_token_id, skip_special_tokens=False)
+        res: list[str | None] = [None] * len(args)
+        for idxs in by_kwargs.values():
+            kwargs = dict(normalize_gen_kwargs(args[idxs[0]][1], self.max_gen_toks))
+            until = handle_stop_sequences(kwargs.pop("until", None), eos=eos_str)
+            max_gen = kwargs.pop("max_gen_toks")
+            max_ctx = self.max_length - max_gen
+            assert max_ctx > 0, "max_gen_toks must be below the model's max length"
+            prompts = []
+            for i in idxs:
+                ctx = args[i][0]
+                enc = self.tokenizer(ctx, **self._special_kwargs(ctx, None))["input_ids"]
+                prompts.append(enc[-max_ctx:])
+            self._ensure_checked()
+            greedy = self._plain_greedy(kwargs) and self._kv_decode and not self._probe_failed  # else generate
+            # the generation budget and padding allowance are for _greedy_batch, whose prefill runs in
+            # groups and whose KV cache is reserved; transformers' generate gets the log-likelihood rules
+            budget = self.gen_budget if greedy and not self.static_cache else self.budget
+            waste = gen_pad_waste(self.model, self._device, budget.tokens) if budget is self.gen_budget else None
+            # a cluster's shared prefix is held once per batch, not once per row, when read in place;
+            # then clusters may also share a batch, each row reading its own prefix (mix_clusters)
+            self._within_window = self._window is None or max(map(len, prompts)) + max_gen <= self._window
+            in_place = greedy and not self.static_cache and self._shared_decode and self._within_window
+            mixing = self._device.type != "cuda" if self.mix_clusters is None else self.mix_clusters
+            mix = budget.tokens if in_place and mixing and self.reserve_kv and self._widen_prefill else 0
+            clusters, shared, lengths, pad = plan_generation(prompts, max_gen, in_place, waste or 0, mix)
+            if greedy and self.static_cache:
+                # one prompt width per group (a benchmark): its batches share compiled shapes
+                width = min(-(-max(map(len, prompts)) // STATIC_LEN_BUCKET) * STATIC_LEN_BUCKET, max_ctx)
+                fn = lambda ix: self._static_greedy_batch([prompts[j] for j in ix], until, max_gen, width)  # noqa: E731
+            elif greedy:
+                fn = lambda ix: self._greedy_batch([prompts[j] for j in ix], until, max_gen, [shared[j] for j in ix])  # noqa: E731
+            else:
+                fn = lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs)  # noqa: E731
+            try:
+                with torch.inference_mode(), attention_kernels(self._device):
+                    texts = run_batched(lengths, fn, budget, clusters, pad, GEN_PAD_RATIO, pad_waste=waste)
+            finally:
+                self._prefix = None
+            for i, text in zip(idxs, texts):
+                res[i] = text
+                self.cache_hook.add_partial("generate_until", args[i], text)
+        self._update_peak()
+        return res  # type: ignore[return-value]
+
+    def _left_pad(self, prompts: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention mask) of `prompts` left padded to `width` (default: the longest)."""
+        T = max([len(p) for p in prompts] + [width or 0])
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(prompts), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), T), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, T - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[b, T - len(p):] = 1
+        return ids.to(self._device), mask.to(self._device)
+
+    def _greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int,
+                      known_shared: int | list[int] = 0) -> list[str]:
+        """Greedy decode one left-padded batch; rows leave the batch when finished.
+
+        A common prefix of >= SHARE_MIN tokens (few-shot examples) is prefilled once per
+        cluster (see _shared_len); the rest of each prompt is left padded after it. Where the
+        model allows (prefix_attention.py) the rows' cache holds only their own tokens and every
+        attention layer reads the prefix's one copy; otherwise its KV cache is expanded to all
+        rows. `known_shared` per row (a list): rows of several clusters (mix_clusters) decode
+        together, each reading its own cluster's prefix (_mixed_batch)."""
+        if isinstance(known_shared, list):
+            parts: dict = defaultdict(list)  # prefix (None: none) -> rows
+            for i, (p, n) in enumerate(zip(prompts, known_shared)):
+                parts[tuple(p[:n]) if n >= SHARE_MIN else None].append(i)
+            if len(parts) > 1:
+                return self._mixed_batch(prompts, known_shared, parts, until, max_gen)
+            known_shared = known_shared[0] if known_shared else 0
+        S = self._shared_len(prompts, known_shared)
+        if S and self._shared_decode and self._within_window:
+            pre = Prefix(*cache_kv(self._prefix_kv(prompts[0][:S], "gen")))
+            try:
+                with shared_prefix(self.model):
+                    return self._decode(prompts, S, pre, until, max_gen)
+            except _NoSharedPrefix as exc:
+                log.warning("shared-prefix decoding unavailable (%s); expanding the prefix to every row from now on", exc)
+                self._shared_decode = False
+        return self._decode(prompts, S, None, until, max_gen)
+
+    def _mixed_batch(self, prompts: list[list[int]], shared: list[int], parts: dict, until: list[str],
+                     max_gen: int) -> list[str]:
+        """Greedy decode a batch of several clusters' rows (`parts`: prefix -> rows). Where
+        prefixes are read in place and caches widened, in one decoding loop (_decode_mixed);
+        otherwise each cluster's rows as a batch of their own."""
+        if None not in parts and self._shared_decode and self._within_window and self.reserve_kv and self._widen_prefill:
+            try:
+                pres = [Prefix(*cache_kv(self._prefix_kv(list(key), "gen"))) for key in parts]
+                with shared_prefix(self.model):
+                    return self._decode_mixed(prompts, shared, parts, pres, until, max_gen)
+            except _NoSharedPrefix as exc:
+                log.warning("shared-prefix decoding unavailable (%s); expanding the prefix to every row from now on", exc)
+                self._shared_decode = False
+            except _NoWiden:
+                self._stop_widening()
+        out: list = [None] * len(prompts)
+        for key, rows in parts.items():
+            texts = self._greedy_batch([prompts[i] for i in rows], until, max_gen, len(key) if key else 0)
+            for i, t in zip(rows, texts):
+                out[i] = t
+        return out
+
+    def _decode_mixed(self, prompts: list[list[int]], shared: list[int], parts: dict, segments: list[Prefix],
+                      until: list[str], max_gen: int) -> list[str]:
+        """_mixed_batch's one decoding loop: each cluster's rows are prefilled in groups under its
+        prefix (`segments`, read in place) and copied into one left-padded, reserved cache (widen_cache,
+        fill_rows); the decoding steps read every row's own prefix (MultiPrefix)."""
+        B = len(prompts)
+        own = [p[n:] for p, n in zip(prompts, shared)]
+        _, mask = self._left_pad(own)
+        next_pos = mask.sum(-1, keepdim=True) + torch.tensor(shared, device=mask.device)[:, None]
+        row_seg = [0] * B
+        batch, prefills = [None, None], 0
+        for c, ((key, rows), pre) in enumerate(zip(parts.items(), segments)):
+            groups = [[rows[j] for j in g] for g in self._prefill_groups([own[i] for i in rows], len(key), pre)]
+            self._prefill_into(batch, groups, own, len(key), pre, list(key), 0, max_gen)
+            prefills += len(groups)
+            for i in rows:
+                row_seg[i] = c
+        logits, cache = batch
+        pre = MultiPrefix(segments, row_seg)
+        pre.set_valid(mask.bool())
+        self.stats["gen_prefill_passes"] += prefills
+        self.stats["gen_prefix_in_place_batches"] += 1
+        self.stats["gen_mixed_batches"] += 1
+        return self._decode_steps(logits, cache, mask, next_pos, pre, until, max_gen)
+
+    def _prefill(self, own: list[list[int]], S: int, pre: Prefix | None, prefix: list[int]):
+        """One forward pass over prompts' own tokens (left padded) after a shared prefix of S
+        tokens (`pre`: read in place; else, if S, its cache expanded to these rows); returns
+        (logits at the last position [rows, vocab], KV cache)."""
+        B = len(own)
+        ids, mask = self._left_pad(own)
+        pos = mask.cumsum(-1) - 1 + S
+        pos.masked_fill_(mask == 0, 1)
+        if pre is None:
+            kw = {self._cache_kw: self._prefix_cache(prefix, B, "gen")} if S else self._plain_cache(self._within_window)
+            mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        else:
+            kw = {PREFIX_KW: pre, **self._plain_cache(self._within_window)}
+            pre.set_valid(mask.bool())  # the rows' own keys (the prefix is not in their cache)
+            pre.calls = 0
+        try:
+            out = self.model(input_ids=ids, attention_mask=None if pre is not None else mask, position_ids=pos,
+                             use_cache=True, logits_to_keep=1, **kw)
+        except NotImplementedError as exc:
+            if pre is None:
+                raise
+            raise _NoSharedPrefix(str(exc)) from exc
+        if pre is not None and pre.calls != self._n_layers:
+            raise _NoSharedPrefix(f"{pre.calls} of {self._n_layers} attention layers read it")
+        self.stats["gen_prefill_tokens"] += ids.numel()
+        return out.logits[:, -1, :], out_cache(out)
+
+    def _prefill_into(self, batch: list, groups: list[list[int]], own: list[list[int]], S: int, pre: Prefix | None,
+                      prefix: list[int], cols: int, max_gen: int) -> None:
+        """Prefill each group of batch rows (indices into `own`, the rows' own tokens) and copy
+        its cache into the batch's: `batch` is [logits, cache], both None before the first
+        group, whose cache widen_cache turns into the whole batch's (`cols` prefix columns, own
+        tokens right aligned to the longest, room for max_gen); fill_rows adds the others.
+        Raises _NoWiden if the model's cache cannot be assembled so."""
+        B, T = len(own), max(map(len, own))
+        for g in groups:
+            n = max(len(own[i]) for i in g)
+            lg, part = self._prefill([own[i] for i in g], S, pre, prefix)
+            if batch[0] is None:
+                batch[0] = lg.new_empty(B, lg.shape[-1])
+                ok = widen_cache(part, B, cols, T, max_gen - 1, g, n)
+                batch[1] = part
+            else:
+                ok = fill_rows(batch[1], part, g, cols, n)
+            del part
+            if not ok:
+                raise _NoWiden
+            batch[0][torch.tensor(g, device=batch[0].device)] = lg
+
+    def _stop_widening(self) -> None:
+        """From now on, prefill generation batches whole (the model's KV cache cannot be
+        assembled from groups, widen_cache)."""
+        log.warning("this model's KV cache cannot be assembled from groups; prefilling whole batches")
+        self._widen_prefill = False
+
+    def _prefill_groups(self, own: list[list[int]], S: int, pre: Prefix | None) -> list[list[int]]:
+        """Rows of a generation batch prefilled together: similar lengths (the log-likelihood
+        batches' padding rule and token budget, on CUDA at most GEN_PREFILL_SHARE of the
+        generation budget; the rest of the batch's padding costs only decoding steps' KV
+        reads, see gen_pad_waste). One group if the cache cannot be widened."""
+        if not (self.reserve_kv and self._widen_prefill) or len(own) < 2:
+            return [list(range(len(own)))]
+        cols = S if pre is None else 0  # prefix columns in the rows' cache
+        tokens = min(self.budget.tokens, max(1, int(self.gen_budget.tokens * self._prefill_share)))
+        rule = TokenBudget(tokens, max_pad_ratio=self.budget.max_pad_ratio,
+                           max_pad_waste=self._prefill_pad_waste)
+        lengths = [cols + len(o) for o in own]
+        return plan_batches(lengths, rule, pad_lengths=[len(o) for o in own])
+
+    def _decode(self, prompts: list[list[int]], S: int, pre: Prefix | None, until: list[str], max_gen: int) -> list[str]:
+        """_greedy_batch's prefill and decoding steps; `pre`: the shared prefix read in place
+        (raises _NoSharedPrefix if the model's attention did not read it), or None: the
+        prefix's cache (if S) expanded to every row. Rows of similar length are prefilled
+        together (_prefill_groups) and their caches copied into one left-padded cache."""
+        B = len(prompts)
+        own = [p[S:] for p in prompts]
+        prefix = prompts[0][:S]
+        _, mask = self._left_pad(own)
+        next_pos = mask.sum(-1, keepdim=True) + S
+        if pre is None and S:
+            mask = torch.cat([torch.ones(B, S, dtype=mask.dtype, device=mask.device), mask], dim=1)
+        groups = self._prefill_groups(own, S, pre)
+        batch, prefills = [None, None], len(groups)
+        if len(groups) > 1:
+            try:
+                self._prefill_into(batch, groups, own, S, pre, prefix, S if pre is None else 0, max_gen)
+            except _NoWiden:
+                self._stop_widening()
+                batch = [None, None]
+        logits, cache = batch
+        if cache is None:
+            prefills = 1
+            logits, cache = self._prefill(own, S, pre, prefix)
+            if self.reserve_kv:
+                reserve_cache(cache, max_gen - 1)
+        if pre is not None:
+            pre.set_valid(mask.bool())
+        self.stats["gen_prefill_passes"] += prefills
+        self.stats["gen_prefix_in_place_batches"] += pre is not None
+        return self._decode_steps(logits, cache, mask, next_pos, pre, until, max_gen)
+
+    def _decode_steps(self, logits, cache, mask, next_pos, pre: Prefix | None, until: list[str], max_gen: int) -> list[str]:
+        """Greedy decoding steps after a batch's prefill (`logits` at each row's last prompt
+        token, its KV cache, own-key mask and next positions; `pre`: a prefix read in place, or
+        None); rows leave the batch when finished (compact_cache). Returns the rows' texts."""
+        B = logits.shape[0]
+        kw = {self._cache_kw: cache, **({PREFIX_KW: pre} if pre is not None else {})}
+        # stop sequences are looked for only where one can newly appear (stops.py)
+        stops = StopCheck(B, self.tok_decode, until, self._eos_ids(), max_gen, stop_free_ids(self.tokenizer, until))
+        # fixed-shape steps replayed as CUDA graphs: a single prefix read in place, or none in place
+        # (attention through SDPA, which takes a 4-D mask: not past a sliding window, which that mask
+        # does not encode); not a batch mixing clusters
+        if self.cuda_graphs and self._within_window and (type(pre) is Prefix or (
+                pre is None and getattr(self.model.config, "_attn_implementation", None) == "sdpa")):
+
+            def forward(ids, pos, valid):
+                # without a prefix read in place, SDPA takes the columns to see as a 4-D mask
+                return self.model(input_ids=ids, attention_mask=None if pre is not None else valid[:, None, None, :],
+                                  position_ids=pos, use_cache=True, logits_to_keep=1, **kw)
+
+            if graph_decode.decode(forward, logits, cache, mask, next_pos, pre, stops, max_gen, self.stats):
+                return stops.texts()
+        active = list(range(B))  # original row of each live batch row
+        while True:
+            nxt = logits.argmax(-1).tolist()
+            keep = [k for k, (row, tok) in enumerate(zip(active, nxt)) if not stops.add(row, tok)]
+            self.stats["gen_tokens"] += len(active)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                keep = compact_order(keep, len(active))
+                sel = compact_cache(cache, keep, self._device)
+                mask, next_pos = mask[sel], next_pos[sel]
+                active = [active[k] for k in keep]
+                if pre is not None:
+                    pre.keep_rows(keep)
+            step = torch.tensor([nxt[k] for k in keep], device=self._device)[:, None]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if pre is not None:
+                pre.set_valid(mask.bool())
+            out = self.model(input_ids=step, attention_mask=None if pre is not None else mask, position_ids=next_pos,
+                             use_cache=True, logits_to_keep=1, **kw)
+            logits = out.logits[:, -1, :]
+            next_pos = next_pos + 1
+        return stops.texts()
+
+    def _static_greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, width: int) -> list[str]:
+        """Greedy decode one batch with transformers' generate and a static KV cache (on CUDA
+        transformers compiles its decoding step), prompts left padded to `width` tokens. Rows
+        are padded (copies of the last prompt) to the fewest rows of a shape already run at this
+        width and length, else to a power of two, so a run compiles few graphs: a decoding step
+        costs about the same for a few more rows. Each row's text ends at its first EOS token,
+        as in _greedy_batch."""
+        n = len(prompts)
+        seen = [r for r, w, g in self._static_shapes if (w, g) == (width, max_gen) and r >= n]
+        rows = min(seen) if seen else 1 << (n - 1).bit_length()
+        self._static_shapes.add((rows, width, max_gen))
+        batch = prompts + [prompts[-1]] * (rows - n)
+        ids, mask = self._left_pad(batch, width)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_gen, do_sample=False,
+            cache_implementation="static", pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=stop_sequences_criteria(self.tokenizer, until, width, rows),
+        )
+        self.stats["gen_prefill_tokens"] += ids.numel()
+        self.stats["gen_tokens"] += rows * (out.shape[1] - width)
+        eos = self._eos_ids()
+        texts = []
+        for row in out[:n, width:].tolist():
+            cut = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
+            texts.append(postprocess_generated_text(self.tok_decode(row[:cut]), until, None))
+        return texts
+
+    def _hf_generate_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, kwargs: dict) -> list[str]:
+        """Fallback for sampling / unusual kwargs: HFLM._model_generate on one batch."""
+        kwargs = copy.deepcopy(kwargs)
+        kwargs["temperature"] = kwargs.get("temperature", 0.0)
+        if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
+            kwargs.pop("temperature")
+        ids, mask = self._left_pad(prompts)
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, max_length=ids.shape[1] + max_gen,
+            stopping_criteria=stop_sequences_criteria(self.tokenizer, until, ids.shape[1], ids.shape[0]),
+            pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **kwargs,
+        )
+        return [postprocess_generated_text(self.tok_decode(row[ids.shape[1]:]), until, None) for row in out.tolist()]

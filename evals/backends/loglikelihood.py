@@ -1,0 +1,333 @@
+"""Log-likelihood methods of the fast backend (FastLM).
+
+Log-likelihood
+  * Tokenisation is HFLM's (TemplateLM._encode_pair, HFLM.tok_encode semantics, left
+    truncation of context+continuation to max_length+1).
+  * A request's model input is (context + continuation)[:-1]; its last len(continuation)
+    positions predict the continuation. Distinct inputs, sorted, form a prefix trie
+    (prefix_trie.py): neighbouring inputs that share leading tokens (the choices of one
+    question, or documents sharing a passage, caption or everything before WinoGrande's
+    blank) go into ONE packed row where each shared token runs once, at its depth as
+    position id, under a mask that lets every token see only its ancestors. Rows stop
+    growing where the extra attention of a longer row would cost more than the sharing
+    saves. Single-token continuations (MMLU letters) share one input: one row position.
+  * Contexts sharing >= SHARE_MIN tokens (a few-shot prompt) form a cluster whose prefix
+    runs once per cluster, as a KV cache expanded to the rows of its batches.
+  * A batch's rows run unpadded, concatenated into one sequence (packed_attention.py): only
+    attention pays for padding, within groups of rows of similar length, so a batch takes rows
+    of any length up to the token budget in real tokens (larger matrices for the linear layers,
+    fewer forward passes); models whose attention is not SDPA through transformers'
+    AttentionInterface run padded rows, batched by padding.
+  * The base model returns hidden states; lm_head and log-softmax run only at the scored
+    positions, in float32, in chunks.
+  * Rows are sorted longest first and batched to a token budget (batching.py); an OOM halves
+    the budget and retries.
+  * Trie rows need a model that honours position ids and 4-D masks. Where the config says it
+    does not (ALiBi, no key/value cache; compat.py), where a sliding window is shorter than a
+    call's longest input, or where a probe before the first batch finds the trie rows
+    disagreeing with the model's own forward (_check_rows: an error, or log-likelihoods apart
+    by more than PROBE_TOL), every input runs alone in a right-padded row through the model's
+    own forward, as HFLM runs it (_score_plain): same answers, only the batching and the
+    log-softmax at scored positions saved. The reason is logged once. A model that fails the
+    probe also decodes through transformers' generate (greedy decoding gives its own position
+    ids and masks too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+
+import torch
+from lm_eval import utils as lm_utils
+
+from evals.backends.batching import packed_groups, run_batched
+from evals.backends.device import attention_kernels, forward_cost_tokens
+from evals.backends.packed_attention import PACK_KW, make_pack, packed
+from evals.backends.planning import plan_loglikelihood
+from evals.backends.prefix_trie import ancestor_mask, build_row
+
+log = logging.getLogger(__name__)
+
+# FastLM._check_rows: a short text whose inputs, scored through trie rows and each alone through
+# the model's own forward, must agree to PROBE_TOL (largest log-likelihood difference of a request
+# of 2-3 tokens; by dtype, None for any other). On SmolLM2-135M they agree to 1e-5 in float32 and
+# to 0.56 in bfloat16 (rounding), while position ids or masks the model ignores put them 3.9-4.1
+# apart in either dtype; in low precision the probe catches gross errors only (compat.py names
+# the known subtle ones)
+PROBE_TEXT = (
+    "Question: A farmer has three fields. The first grows wheat, the second barley, and the third is left "
+    "fallow every other year so that the soil can recover. Which field gives the smallest harvest over ten "
+    "years, and why? Answer: The fallow field, because it is sown only half the time.\n\n"
+    "Question: A train leaves the station at nine o'clock and travels at sixty miles an hour. A second train "
+    "leaves the same station an hour later at eighty miles an hour on the same track. When does the second "
+    "train catch up with the first? Answer: At one o'clock, four hours after the first train left.")
+PROBE_TOL = {torch.float32: 1e-3, None: 1.5}
+
+
+def row_mask(ends: list, prefix: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive attention mask [rows, 1, T, prefix + T] of trie rows padded to the longest (T),
+    from each row's subtree ends (prefix_trie.build_row): a node sees the shared prefix, itself
+    and its ancestors; a padding node only itself."""
+    T = max(map(len, ends))
+    e = torch.arange(T).repeat(len(ends), 1)
+    for b, row in enumerate(ends):
+        e[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+    allowed = ancestor_mask(e.to(device))
+    mask = torch.zeros(len(ends), 1, T, prefix + T, dtype=dtype, device=device)
+    mask[..., prefix:].masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+    return mask
+
+
+class LoglikelihoodMixin:
+    """FastLM's lm-eval log-likelihood methods (see the module docstring); the model, tokenizer,
+    budgets, caches and stats are FastLM's."""
+
+    # ----- log-likelihood ---------------------------------------------------------------
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """Score (request_str, context_enc, continuation_enc) triples over prefix-trie rows."""
+        if not requests:
+            return []
+        pairs = [(ctx, cont) for _, ctx, cont in requests]
+        reason = self._plain_reason(pairs)
+        # batch size 1 asks for results that do not depend on the rest of the run: rows of one context
+        plan = plan_loglikelihood(pairs, self.max_length, self._merge_ratio, local=self.budget.max_rows == 1,
+                                  pool_tokens=2 * forward_cost_tokens(self.model, self._device, self.budget.tokens)
+                                  if self.pool_clusters else 0, plain=reason is not None)
+        rows, conts_of = plan.rows, plan.conts_of
+        score = self._score_rows if reason is None else self._score_plain
+        try:
+            with torch.inference_mode(), attention_kernels(self._device):
+                per_row = run_batched(plan.lengths, lambda ix: score([rows[i] for i in ix], conts_of),
+                                      self.budget, plan.row_keys, plan.pad,
+                                      packed=lambda: reason is None and self._packed and self._grouped)
+        finally:
+            self._prefix = None
+            self._head.release()  # the logits buffer is not held between calls
+        answers = {k: ans for row_res in per_row for k, ans in row_res}
+        res = [answers[k] for k in plan.keys]
+        for (req_str, _, _), ans in zip(requests, res):
+            if req_str is not None:
+                self.cache_hook.add_partial("loglikelihood", req_str, ans)
+        self._update_peak()
+        return res
+
+    def _plain_reason(self, pairs: list) -> str | None:
+        """Why these requests must run as plain rows (_score_plain), or None for trie rows: what
+        the config rules out, a sliding window shorter than the longest input, or a failed
+        probe (_check_rows, once per backend). The reason is logged once."""
+        self._ensure_checked()
+        reason = self._rows_reason
+        if reason is None and self._window is not None:
+            longest = max(min(len(ctx) + len(cont), self.max_length + 1) - 1 for ctx, cont in pairs)
+            if longest > self._window:
+                reason = f"inputs longer than the model's {self._window}-token sliding attention window"
+        if reason is not None and reason not in self.plain_reasons:
+            self.plain_reasons.append(reason)
+            log.warning("log-likelihood: %s; each input runs as a row of its own through the model's own "
+                        "forward, as lm-eval's hf backend runs it (same answers, less shared work)", reason)
+        if reason is not None:
+            self.stats["ll_plain_calls"] += 1
+        return reason
+
+    def _ensure_checked(self) -> None:
+        """Run the probe (_check_rows) once, before the first log-likelihood or generation batch;
+        its work is not counted in the run's stats. A failed probe also sends greedy decoding,
+        which gives its own position ids too, to transformers' generate."""
+        if self._rows_checked:
+            return
+        self._rows_checked = True
+        stats = dict(self.stats)
+        try:
+            with torch.inference_mode(), attention_kernels(self._device):
+                self._rows_reason = self._check_rows()
+        finally:
+            probe = {k: v for k, v in self.stats.items() if k.startswith("ll_probe")}
+            self.stats.clear()
+            self.stats.update(stats, **probe)
+        if self._rows_reason is not None:
+            self._probe_failed = True
+            log.warning("generation: the probe found this model's position ids or masks handled differently (%s); "
+                        "greedy decoding runs through transformers' generate", self._rows_reason)
+
+    def _check_rows(self) -> str | None:
+        """Probe: a short text's inputs scored through trie rows (two inputs sharing a prefix, one
+        more row, and the prefix as a KV cache) against each input alone through the model's own
+        forward (_score_plain). Returns why trie rows cannot be used (an error, or log-probabilities
+        further apart than PROBE_TOL for the model's dtype), else None."""
+        if self.max_length < 128:  # the probe's inputs would not fit: trust the config
+            return None
+        ids = self.tok_encode(PROBE_TEXT)
+        ids = (ids * (128 // max(len(ids), 1) + 1))[:128]
+        # a and b share 40 tokens, then b's 12 follow a's 48 in their trie row: wrong masks let b
+        # see a's tokens, wrong positions put b 48 places off. The scored tokens are unlikely ones,
+        # whose log-probabilities such errors move most (by 3.9-4.1 on SmolLM2, see PROBE_TOL)
+        a, b, c = tuple(ids[:88]), tuple(ids[:40] + ids[96:108]), tuple(ids[110:122])
+        conts_of = {x: {tuple(x[-3:]): None, tuple(ids[1:3]): None} for x in (a, b, c)}
+        try:
+            ref = {k: v for x in (a, b, c) for k, v in self._score_plain([(0, [x])], conts_of)[0]}
+        except Exception as exc:  # noqa: BLE001 - the plain path is HFLM's call; let it raise later
+            log.warning("log-likelihood probe: the plain forward failed (%s: %s)", type(exc).__name__, exc)
+            return None
+        tol = PROBE_TOL.get(self.model.dtype, PROBE_TOL[None])
+        reason = None
+        # packed rows first (where enabled), then padded rows: a model may not pass the packing
+        # through to its attention layers, yet take padded trie rows
+        for packed_rows in [True, False] if self._packed else [False]:
+            self._packed = packed_rows
+            try:
+                got = {}
+                for rows in ([(0, [a, b]), (0, [c])], [(40, [a, b])]):
+                    got.update(k_v for row in self._score_rows(rows, conts_of) for k_v in row)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means: not this way
+                reason = f"the trie-row forward fails for this model ({type(exc).__name__}: {str(exc)[:120]})"
+                continue
+            finally:
+                self._prefix = None
+                self._head.release()
+            diff = max(abs(got[k][0] - ref[k][0]) for k in ref)
+            self.stats["ll_probe_max_diff_e6"] = int(diff * 1e6) if diff == diff else -1
+            if diff <= tol:  # NaN fails too
+                return None
+            reason = (f"trie rows give log-likelihoods {diff:.2g} away from the model's own forward on a probe "
+                      f"(tolerance {tol:g} in {str(self.model.dtype).replace('torch.', '')}): its masks, "
+                      "positions or output layer work differently")
+        return reason
+
+    def _score_plain(self, rows: list[tuple[int, list[tuple]]], conts_of: dict) -> list[list[tuple[tuple, tuple[float, bool]]]]:
+        """One forward over inputs of one row each, right padded, through the model's own
+        forward without a mask (its own positions, masks and output layer), as HFLM runs them;
+        logits only from the first scored position on where the model allows (logits_to_keep),
+        log-softmax in float32. Same return as _score_rows."""
+        dev = self._device
+        seqs = [row_seqs[0] for _, row_seqs in rows]
+        B, T = len(seqs), max(map(len, seqs))
+        ids = torch.full((B, T), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        for b, x in enumerate(seqs):
+            ids[b, : len(x)] = torch.tensor(x, dtype=torch.long)
+        keep = T - min(len(x) - max(map(len, conts_of[x])) for x in seqs)
+        kw = {self._keep_kw: keep} if self._keep_kw else {}
+        logits = self.model(input_ids=ids.to(dev), use_cache=False, **kw).logits[:, -keep:]
+        self.stats["ll_plain_batches"] += 1
+        self.stats["ll_forward_tokens"] += B * T
+        out: list[list] = [[] for _ in range(B)]
+        for b, x in enumerate(seqs):
+            end = len(x) - (T - keep)  # the row's last position, +1, in the kept logits
+            n = max(map(len, conts_of[x]))
+            logp = torch.log_softmax(logits[b, end - n : end].float(), dim=-1)  # once per row
+            self.stats["ll_scored_positions"] += n
+            for c in conts_of[x]:
+                lpc = logp[n - len(c):]
+                tgt = torch.tensor(c, dtype=torch.long, device=logp.device)
+                lp = lpc.gather(-1, tgt[:, None]).sum().item()
+                out[b].append(((x, c), (float(lp), bool((lpc.argmax(-1) == tgt).all()))))
+        return out
+
+    def _score_rows(self, rows: list[tuple[int, list[tuple]]], conts_of: dict) -> list[list[tuple[tuple, tuple[float, bool]]]]:
+        """One forward over trie rows (shared length S, sorted sequences); returns per row
+        ((sequence, continuation), (logprob, is_greedy)) for every continuation of its sequences.
+
+        All rows of a batch belong to one cluster: its first S tokens (few-shot examples) run
+        once (once per cluster: the KV cache is kept for the next batch) and their KV cache is
+        expanded to every row. Each scored node runs lm_head once, however many continuations
+        score it."""
+        dev = self._device
+        B, S = len(rows), rows[0][0]
+        built = [build_row(seqs, S) for _, seqs in rows]
+        lengths = [len(r.tokens) for r in built]
+        T = max(lengths)
+        # packed: rows concatenated; attention pads each group of rows of similar length
+        pack, groups = None, None
+        if self._packed:
+            groups = packed_groups(lengths, self.budget) if self._grouped else [list(range(B))]
+            pack = make_pack(lengths, S, dev, groups)
+        # index of row b's node t in the hidden states: padded [B, T], or packed (rows concatenated)
+        offsets = [b * T for b in range(B)] if pack is None else [0, *itertools.accumulate(lengths[:-1])]
+        flat_pos: list[int] = []  # index of each scored node
+        slot_of: dict[int, int] = {}
+        pair_slot, pair_tgt, pair_req, req_keys = [], [], [], []
+        for b, ((_, seqs), r) in enumerate(zip(rows, built)):
+            for x, path in zip(seqs, r.paths):
+                for c in conts_of[x]:
+                    start = len(x) - len(c) - S
+                    for o, t in enumerate(c):
+                        f = offsets[b] + path[start + o]
+                        slot = slot_of.get(f)
+                        if slot is None:
+                            slot = slot_of[f] = len(flat_pos)
+                            flat_pos.append(f)
+                        pair_slot.append(slot)
+                        pair_tgt.append(t)
+                        pair_req.append(len(req_keys))
+                    req_keys.append((b, (x, c)))
+        if pack is None:
+            ids = torch.zeros(B, T, dtype=torch.long)
+            pos = torch.zeros(B, T, dtype=torch.long)
+            for b, r in enumerate(built):
+                ids[b, : lengths[b]] = torch.tensor(r.tokens, dtype=torch.long)
+                pos[b, : lengths[b]] = torch.tensor(r.depths, dtype=torch.long)
+        else:
+            ids = torch.tensor([[t for r in built for t in r.tokens]], dtype=torch.long)
+            pos = torch.tensor([[d for r in built for d in r.depths]], dtype=torch.long)
+        ids, pos = ids.to(dev), pos.to(dev)
+        if pack is None:
+            mask = row_mask([r.ends for r in built], S, self.model.dtype, dev)
+        else:
+            for g, idx in zip(pack.groups, groups):
+                g.mask = row_mask([built[b].ends for b in idx], S, self.model.dtype, dev)
+            mask = pack.groups[0].mask  # what the model is given; each group's own mask is used
+        kw = {self._cache_kw: self._prefix_cache(list(rows[0][1][0][:S]), 1 if pack else B, "ll")} if S else {}
+        if pack is not None:
+            kw[PACK_KW] = pack
+        with packed(self.model) if pack is not None else contextlib.nullcontext():
+            hidden = self.model.base_model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=bool(S), **kw
+            ).last_hidden_state
+        del mask
+        if pack is not None:
+            for g in pack.groups:
+                g.mask = None
+        if pack is not None and pack.calls != self._n_layers:  # attention bypassed the interface: redo padded
+            log.warning("%d of %d attention layers ran packed; this model runs padded rows from now on",
+                        pack.calls, self._n_layers)
+            self._packed = False
+            return self._score_rows(rows, conts_of)
+        self.stats["ll_batches"] += 1
+        self.stats["ll_attention_groups"] += len(pack.groups) if pack is not None else 1
+        self.stats["ll_real_tokens"] += sum(lengths)
+        self.stats["ll_forward_tokens"] += sum(lengths) if pack is not None else B * T
+        h = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(flat_pos, device=dev)]
+        del hidden
+        pp = torch.tensor(pair_slot, device=dev)
+        pt = torch.tensor(pair_tgt, device=dev)
+        logp_pairs, hits = self._head.score(h, pp, pt)
+        del h
+        self.stats["ll_scored_positions"] += len(flat_pos)
+        n_req = len(req_keys)
+        pr = torch.tensor(pair_req, device=dev)
+        total = torch.zeros(n_req, dtype=torch.float64, device=dev).index_add_(0, pr, logp_pairs.double())
+        miss = torch.zeros(n_req, dtype=torch.long, device=dev).index_add_(0, pr, (~hits).long())
+        out: list[list] = [[] for _ in range(B)]
+        for (b, key), lp, m in zip(req_keys, total.tolist(), miss.tolist()):
+            out[b].append((key, (float(lp), m == 0)))
+        return out
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """HFLM's rolling windows, scored by _loglikelihood_tokens."""
+        out = []
+        for (string,) in [r.args for r in requests]:
+            windows = map(
+                lm_utils.make_disjoint_window,
+                lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1,
+                ),
+            )
+            scores = self._loglikelihood_tokens([(None, c, t) for c, t in windows])
+            total = sum(s for s, _ in scores)
+            self.cache_hook.add_partial("loglikelihood_rolling", (string,), total)
+            out.append(total)
+        return out
