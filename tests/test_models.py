@@ -75,7 +75,7 @@ def test_remote_code_needs_the_flag_and_then_gets_hf_answers(tmp_path):
     from lm_eval.models.huggingface import HFLM
 
     from evals.backends.fast import FastLM
-    from tests.backends.test_fast import _assert_same_ll, _ll_requests
+    from tests.backends.prompts import assert_same_ll, ll_requests
 
     folder = _remote_code_folder(tmp_path)
     with pytest.raises(ModelError, match="--trust-remote-code"):
@@ -84,13 +84,13 @@ def test_remote_code_needs_the_flag_and_then_gets_hf_answers(tmp_path):
     assert type(loaded.model).__name__ == "ToyForCausalLM"
     lm = FastLM(loaded.model, loaded.tokenizer, max_length=2048)
     hf = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=8, max_length=2048, device="cpu")
-    reqs = _ll_requests()
-    _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
+    reqs = ll_requests()
+    assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
     assert lm.plain_reasons and "trie rows give log-likelihoods" in lm.plain_reasons[0]
     # its greedy decoding goes through transformers' generate: the same texts as HFLM's
-    from tests.backends.test_fast import FEWSHOT_PROMPTS, GEN_PROMPTS, _inst
+    from tests.backends.prompts import FEWSHOT_PROMPTS, GEN_PROMPTS, inst
 
-    gen = [_inst("generate_until", (p, {"until": ["QQQ"], "max_gen_toks": 12}), i)
+    gen = [inst("generate_until", (p, {"until": ["QQQ"], "max_gen_toks": 12}), i)
            for i, p in enumerate(FEWSHOT_PROMPTS * 3 + GEN_PROMPTS)]
     assert lm.generate_until(gen, disable_tqdm=True) == hf.generate_until(gen, disable_tqdm=True)
     assert lm.stats.get("gen_tokens", 0) == 0  # none decoded by the backend's own loop

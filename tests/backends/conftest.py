@@ -32,3 +32,20 @@ def hf_lm(smol):
 
     model, tok = smol
     return HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=2048, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def fast(smol):
+    """A FastLM around the embedded model with a 2048-token budget (one per test module)."""
+    from evals.backends.fast import FastLM
+
+    model, tok = smol
+    return FastLM(model, tok, max_length=2048, token_budget=2048)
+
+
+@pytest.fixture(scope="module")
+def hf_ll(hf_lm):
+    """HFLM's log-likelihoods of the shared requests (tests/backends/prompts.py)."""
+    from tests.backends.prompts import ll_requests
+
+    return hf_lm.loglikelihood(ll_requests(), disable_tqdm=True)

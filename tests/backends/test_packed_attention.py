@@ -9,7 +9,7 @@ import torch
 from evals.backends.fast import FastLM
 import evals.backends.packed_attention as pa
 from evals.backends.packed_attention import PACKED, make_pack, packed, small_attention, supports
-from tests.backends.test_fast import _assert_same_ll, _inst, _ll_requests
+from tests.backends.prompts import assert_same_ll, inst, ll_requests
 
 
 def test_make_pack_indices():
@@ -59,7 +59,7 @@ def test_packed_rows_equal_padded_rows_and_hf(smol, hf_lm):
     small_attention, padded rows' SDPA's flash kernel), and both HFLM's to 1e-4; the packed run
     forwards no padding."""
     model, tok = smol
-    reqs = _ll_requests()
+    reqs = ll_requests()
     runs = {}
     for flag in (True, False):
         lm = FastLM(model, tok, max_length=2048, token_budget=512)
@@ -76,7 +76,7 @@ def test_packed_rows_equal_padded_rows_and_hf(smol, hf_lm):
     assert ps["ll_batches"] < qs["ll_batches"] and ps["ll_attention_groups"] > ps["ll_batches"]
     for (a, ga), (b, gb) in zip(packed_ll, padded_ll):
         assert abs(a - b) < 5e-5 and ga == gb
-    _assert_same_ll(packed_ll, hf_lm.loglikelihood(reqs, disable_tqdm=True))
+    assert_same_ll(packed_ll, hf_lm.loglikelihood(reqs, disable_tqdm=True))
     # the cluster pooled into one row among the others (plan_loglikelihood's pool_tokens): same numbers
     lm = FastLM(model, tok, max_length=2048, token_budget=512)
     lm._grouped = True
@@ -93,13 +93,13 @@ def test_attention_outside_the_interface_falls_back_to_padded(smol, hf_lm, caplo
     model, tok = smol
     lm = FastLM(model, tok, max_length=2048)
     lm._n_layers += 1  # one layer "missing": the count check must catch it
-    reqs = [_inst("loglikelihood", (c, x)) for c in ("The capital of France is", "A cat sat on the")
+    reqs = [inst("loglikelihood", (c, x)) for c in ("The capital of France is", "A cat sat on the")
             for x in (" Paris", " mat")]
     with caplog.at_level(logging.WARNING):
         got = lm.loglikelihood(reqs, disable_tqdm=True)
     assert lm._packed is False and "runs padded rows from now on" in caplog.text
     assert lm.stats["ll_forward_tokens"] >= lm.stats["ll_real_tokens"] > 0
-    _assert_same_ll(got, hf_lm.loglikelihood(reqs, disable_tqdm=True))
+    assert_same_ll(got, hf_lm.loglikelihood(reqs, disable_tqdm=True))
 
 
 def test_supports_only_sdpa_models_of_the_interface():

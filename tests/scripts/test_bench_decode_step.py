@@ -46,7 +46,8 @@ def test_old_revision_runs_its_own_modules():
     pkg = Old.__module__.split(".")[0]
     assert pkg.startswith("evals_at_") and Path(mod.__file__).parts[-3] == pkg
     prefix = sys.modules[f"{pkg}.backends.prefix_attention"]
-    assert mod.shared_prefix is prefix.shared_prefix  # old fast.py imports the old prefix attention
+    greedy = sys.modules[f"{pkg}.backends.greedy"]  # the old FastLM's decoding methods
+    assert greedy.GreedyMixin in Old.__mro__ and greedy.shared_prefix is prefix.shared_prefix  # the old prefix attention
     assert prefix.SHARED == "phi2eval_old_shared_prefix"  # registered beside the current one, not over it
     from evals.backends import prefix_attention
 
