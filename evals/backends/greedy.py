@@ -1,6 +1,5 @@
 """Greedy generation methods of the fast backend (FastLM).
 
-Generation (greedy)
   * Prompts are tokenised like HFLM.tok_batch_encode (left truncation to max_length -
     max_gen_toks), sorted by length, left padded, decoded greedily with a KV cache.
   * Prompts sharing a few-shot prefix (a cluster) prefill it once; where the model's attention

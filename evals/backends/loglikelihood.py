@@ -1,6 +1,5 @@
 """Log-likelihood methods of the fast backend (FastLM).
 
-Log-likelihood
   * Tokenisation is HFLM's (TemplateLM._encode_pair, HFLM.tok_encode semantics, left
     truncation of context+continuation to max_length+1).
   * A request's model input is (context + continuation)[:-1]; its last len(continuation)
