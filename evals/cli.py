@@ -266,8 +266,15 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:
         import torch
 
+        from evals.backends.batching import is_oom
+
         if isinstance(exc, torch.OutOfMemoryError) and not args.debug:
             print("phi2eval: error: CUDA out of memory; lower --batch-size, use --dtype bfloat16 or more GPUs", file=sys.stderr)
+            return 2
+        if is_oom(exc) and not args.debug:  # the CPU allocator's failure is a RuntimeError
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            print(f"phi2eval: error: out of memory ({said[-120:]}); lower --batch-size or use a smaller model/dtype",
+                  file=sys.stderr)
             return 2
         raise
 

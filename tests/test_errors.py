@@ -138,6 +138,23 @@ def test_cuda_out_of_memory(world, capsys, monkeypatch):
     assert err == "phi2eval: error: CUDA out of memory; lower --batch-size, use --dtype bfloat16 or more GPUs"
 
 
+class CPUOOMLM(LM):
+    """A backend whose every request fails in the CPU allocator (a RuntimeError, not an OutOfMemoryError)."""
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 26843545600 bytes. Error code 12 (Cannot allocate memory)")
+
+    loglikelihood_rolling = generate_until = loglikelihood
+
+
+def test_cpu_out_of_memory(world, capsys, monkeypatch):
+    fake_model(monkeypatch, CPUOOMLM())
+    err = fails(world, capsys, "arc_easy")
+    assert err.startswith("phi2eval: error: out of memory (") and "can't allocate memory" in err
+    assert err.endswith("lower --batch-size or use a smaller model/dtype") and "\n" not in err
+
+
 def test_debug_shows_the_traceback(world, monkeypatch):
     fake_model(monkeypatch, OOMLM())
     with pytest.raises(torch.OutOfMemoryError):

@@ -70,11 +70,14 @@ def available_memory_bytes() -> int | None:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for torch's out-of-memory error or a RuntimeError that says 'out of memory'."""
+    """True for torch's out-of-memory error, or a RuntimeError that says 'out of memory' (CUDA)
+    or "can't allocate memory" (the CPU allocator: `DefaultCPUAllocator: can't allocate memory:
+    you tried to allocate N bytes`)."""
     oom_type = getattr(torch, "OutOfMemoryError", None)
     if oom_type is not None and isinstance(exc, oom_type):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def free_memory(device: torch.device | str | None = None) -> None:

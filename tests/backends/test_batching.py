@@ -100,6 +100,8 @@ def test_small_items_share_a_batch():
 @pytest.mark.parametrize("exc,expected", [
     (torch.OutOfMemoryError("CUDA out of memory"), True),
     (RuntimeError("CUDA error: out of memory"), True),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 26843545600 bytes. Error code 12 (Cannot allocate memory)"), True),
     (RuntimeError("shape mismatch"), False),
     (ValueError("out of memory"), False),
 ])

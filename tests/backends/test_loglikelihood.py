@@ -5,6 +5,7 @@ Uses the embedded SmolLM2-135M in float32 on CPU (session fixtures in conftest.p
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from evals.backends.fast import FastLM
@@ -103,7 +104,11 @@ def test_left_truncation_matches_hf(smol):
     assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
 
 
-def test_oom_backoff_gives_complete_identical_results(smol, hf_ll, monkeypatch):
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 26843545600 bytes (simulated)"),
+], ids=["cuda", "cpu-allocator"])
+def test_oom_backoff_gives_complete_identical_results(smol, hf_ll, monkeypatch, error):
     model, tok = smol
     lm = FastLM(model, tok, max_length=2048, token_budget=4096)
     lm.loglikelihood(ll_requests()[:1], disable_tqdm=True)  # the probe (_check_rows) runs before the first batch
@@ -113,7 +118,7 @@ def test_oom_backoff_gives_complete_identical_results(smol, hf_ll, monkeypatch):
     def flaky(*a):
         calls["n"] += 1
         if calls["n"] == 1:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise error
         return real(*a)
 
     monkeypatch.setattr(lm, "_score_rows", flaky)
