@@ -148,6 +148,44 @@ def run_once(lm, kind: str, insts, device: str) -> tuple[float, list, int]:
     return secs, out, mem.extra
 
 
+class HFOutOfMemory(Exception):
+    """HFLM ran out of memory at its fixed batch size (the fast backend backs off by itself)."""
+
+
+def timed_call(key: str, lm, kind: str, insts, device: str) -> tuple[float, list, int]:
+    """run_once; HFLM's out-of-memory error becomes HFOutOfMemory (see bench_task_fitting)."""
+    from evals.backends.batching import free_memory, is_oom
+
+    try:
+        return run_once(lm, kind, insts, device)
+    except Exception as exc:
+        if key != "hf" or not is_oom(exc):
+            raise
+        free_memory()
+        raise HFOutOfMemory(str(exc).strip().splitlines()[0][-160:] if str(exc).strip() else "") from exc
+
+
+def bench_task_fitting(name, hf, fast, tm, args, n_params, head_params, variants: dict | None = None) -> dict:
+    """bench_task, with HFLM's batch size halved while it runs out of memory: a batch size that
+    does not fit is not a setting to compare against. The size it ran at is in the record
+    (hf_batch_size); the next task starts again from --hf-batch-size."""
+    size = hf.batch_size_per_gpu
+    try:
+        while True:
+            try:
+                rec = bench_task(name, hf, fast, tm, args, n_params, head_params, variants)
+                rec["hf_batch_size"] = hf.batch_size_per_gpu
+                return rec
+            except HFOutOfMemory as exc:
+                if hf.batch_size_per_gpu <= 1:
+                    raise
+                print(f"{name}: hf backend out of memory at batch size {hf.batch_size_per_gpu} ({exc}); "
+                      f"trying {hf.batch_size_per_gpu // 2}", flush=True)
+                hf.batch_size_per_gpu //= 2
+    finally:
+        hf.batch_size_per_gpu = size
+
+
 def agreement(kind: str, insts, a: list, b: list) -> dict:
     """Identical predictions (per document: argmax of raw and length-normalised log-likelihood,
     or the generated string) and the largest absolute log-likelihood difference."""
@@ -238,15 +276,15 @@ def bench_task(name, hf, fast, tm, args, n_params, head_params, variants: dict |
     n_docs = len({(i.task_name, i.doc_id) for i in insts})
     warm = insts[: min(len(insts), 8)]
     lms = [("hf", hf), ("fast", fast), *(variants or {}).items()]
-    for _, lm in lms:
-        run_once(lm, kind, warm, args.device)
+    for key, lm in lms:
+        timed_call(key, lm, kind, warm, args.device)
     times, peaks, outs = {k: 0.0 for k, _ in lms}, {k: 0 for k, _ in lms}, {}
     before = dict(fast.stats)
     vbefore = {k: dict(lm.stats) for k, lm in (variants or {}).items()}
     for rep in range(args.repeats):
         order = lms if rep % 2 == 0 else lms[::-1]
         for key, lm in order:
-            secs, out, peak = run_once(lm, kind, insts, args.device)
+            secs, out, peak = timed_call(key, lm, kind, insts, args.device)
             times[key] += secs
             peaks[key] = max(peaks[key], peak)
             outs[key] = out
@@ -408,8 +446,17 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else ROOT / "results" / "bench" / (
         f"{report['date'][:10]}_{args.device.split(':')[0]}_{args.model.replace(':', '-').replace('/', '__')}.json")
     tot = {"hf": 0.0, "fast": 0.0}
+    failed = []
     for name in [t for t in args.tasks.split(",") if t]:
-        rec = bench_task(name, hf, fast, tm, args, n_params, head_params, variants)
+        try:
+            rec = bench_task_fitting(name, hf, fast, tm, args, n_params, head_params, variants)
+        except Exception as exc:  # noqa: BLE001 - one task's failure is recorded; the others still run
+            said = str(exc).strip().splitlines()[0][-200:] if str(exc).strip() else ""
+            report["tasks"][name] = {"error": f"{type(exc).__name__}: {said}"}
+            write_report(out, report)
+            failed.append(name)
+            print(f"{name}: failed ({type(exc).__name__}: {said}); recorded as its error, going on", flush=True)
+            continue
         report["tasks"][name] = rec
         write_report(out, report)  # after every task: a run cut short keeps what finished
         for k in tot:
@@ -430,15 +477,18 @@ def main(argv=None) -> int:
                   f"same as hf {v['agreement']['identical_predictions']:.1%}, as fast "
                   f"{v['agreement_with_fast']['identical_predictions']:.1%}", flush=True)
     report["overall"] = {"hf_seconds": round(tot["hf"], 2), "fast_seconds": round(tot["fast"], 2),
-                         "speedup": round(tot["hf"] / tot["fast"], 3) if tot["fast"] else None}
+                         "speedup": round(tot["hf"] / tot["fast"], 3) if tot["fast"] else None,
+                         "tasks": [n for n in report["tasks"] if n not in failed]}  # what the totals cover
     report["loadavg_end"] = os.getloadavg()
     report["fast_budget_events"] = fast.budget.events
     report["fast_stats"] = dict(fast.stats)
-    print(f"overall: hf {tot['hf']:.1f}s, fast {tot['fast']:.1f}s, speedup {report['overall']['speedup']}x "
+    print(f"overall{' (without ' + ', '.join(failed) + ')' if failed else ''}: hf {tot['hf']:.1f}s, fast {tot['fast']:.1f}s, speedup {report['overall']['speedup']}x "
           f"(loadavg {report['loadavg_start'][0]:.1f} -> {report['loadavg_end'][0]:.1f} on {os.cpu_count()} CPUs)")
+    if failed:
+        report["failed_tasks"] = failed
     write_report(out, report)
-    print(f"wrote {out}")
-    return 0
+    print(f"wrote {out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -80,3 +80,38 @@ def test_make_variant_takes_arguments_and_switches_and_refuses_typos():
     assert lm.cuda_graphs and lm.pool_clusters is False and lm._shared_decode is False
     with pytest.raises(SystemExit, match="unknown option 'cuda_grahps'.*cuda_graphs"):
         bench_runner.make_variant(model, tok, "cuda_grahps=1", max_length=2048)
+
+
+def test_hf_out_of_memory_halves_its_batch_and_a_failed_task_does_not_stop_the_run(shared_data, tmp_path, monkeypatch):
+    """HFLM runs out of memory above 4 rows: the task is timed at the batch size that fits,
+    recorded in the task; a task that fails otherwise is recorded as its error, the next one
+    still runs, and the exit code says something failed."""
+    import torch
+    from lm_eval.models.huggingface import HFLM
+
+    real = bench_runner.run_once
+
+    def run_once(lm, kind, insts, device):
+        if isinstance(lm, HFLM) and lm.batch_size_per_gpu > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(lm, kind, insts, device)
+
+    real_build = bench_runner.build_requests
+
+    def build(name, *a, **k):
+        if name == "piqa":
+            raise FileNotFoundError("piqa: no data (simulated)")
+        return real_build(name, *a, **k)
+
+    monkeypatch.setattr(bench_runner, "run_once", run_once)
+    monkeypatch.setattr(bench_runner, "build_requests", build)
+    out = tmp_path / "bench.json"
+    assert bench_runner.main(["--model", "random:tiny-phi", "--tasks", "arc_easy,piqa,boolq", "--limit", "6",
+                              "--repeats", "1", "--hf-batch-size", "16", "--out", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert report["hf_batch_size"] == 16 and report["failed_tasks"] == ["piqa"]
+    assert report["tasks"]["piqa"] == {"error": "FileNotFoundError: piqa: no data (simulated)"}
+    for name in ("arc_easy", "boolq"):  # each task starts again from 16 and comes down to 4
+        rec = report["tasks"][name]
+        assert rec["hf_batch_size"] == 4 and rec["agreement"]["identical_predictions"] == 1.0
+    assert report["overall"]["tasks"] == ["arc_easy", "boolq"]
