@@ -19,3 +19,7 @@ class ModelError(Phi2EvalError):
 
 class CacheError(Phi2EvalError):
     """The request cache cannot be opened (a corrupt one is rebuilt instead)."""
+
+
+class OptionError(Phi2EvalError):
+    """A command-line option has a value that cannot work (checked before any model loads)."""

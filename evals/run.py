@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from evals import config, data, paths, results
-from evals.errors import ConfigError, DataError, ModelError, Phi2EvalError
+from evals.errors import ConfigError, DataError, ModelError, OptionError, Phi2EvalError
 
 DEFAULT_MAX_GEN_TOKS = 256  # generation limit of tasks whose YAML sets none
 PACKAGES = ("phi2-repro", "torch", "transformers", "lm_eval", "datasets", "accelerate", "gguf", "numpy")
@@ -42,6 +43,45 @@ def backend_label(opts: RunOptions) -> str:
     """The backend as results and the request cache record it ('fast', 'hf', 'fast+static-cache',
     'fast+cuda-graphs')."""
     return opts.backend + ("+static-cache" if opts.static_cache else "") + ("+cuda-graphs" if opts.cuda_graphs else "")
+
+
+def check_run_options(opts: RunOptions) -> None:
+    """Refuse option values that cannot work, before any data is read or model loaded: counts
+    below 1, a dtype or device torch does not know (or CUDA where there is none), and an output
+    folder that cannot be written (found only after the first benchmark's work otherwise)."""
+    import torch
+
+    limits = opts.limit.items() if isinstance(opts.limit, dict) else [("", opts.limit)]
+    for name, value in [*((f"--limit{' of ' + n if n else ''}", v) for n, v in limits),
+                        ("--batch-size", opts.batch_size), ("--max-gen-toks", opts.max_gen_toks)]:
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise OptionError(f"{name} must be a whole number of at least 1, not {value!r}")
+    if opts.dtype not in (None, "auto"):
+        dtype = getattr(torch, str(opts.dtype), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise OptionError(f"unknown --dtype {opts.dtype!r}: use float32, bfloat16 or float16")
+    if opts.device not in (None, "auto"):
+        try:
+            device = torch.device(opts.device)
+        except (RuntimeError, ValueError):
+            raise OptionError(f"unknown --device {opts.device!r}: use cpu, cuda or cuda:N") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise OptionError(f"--device {opts.device}: this machine has no CUDA GPU (torch {torch.__version__}); "
+                              "use --device cpu")
+        backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+        if device.type not in ("cpu", "cuda") and not getattr(backend, "is_available", lambda: False)():
+            raise OptionError(f"--device {opts.device}: torch {torch.__version__} has no {device.type} device here; "
+                              "use --device cpu or cuda")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise OptionError(f"--device {opts.device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    out = Path(opts.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".phi2eval-write-check-"):
+            pass
+    except OSError as exc:
+        raise OptionError(f"cannot write results to {out} ({exc.strerror or exc}): pass --output-dir with a "
+                          "folder you can write") from None
 
 
 def use_data_dir(data_dir: Path | None) -> Path | None:
@@ -105,6 +145,7 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     from evals.backends import check_options, make_lm
     from evals.models import load_model, resolve, slug
 
+    check_run_options(opts)
     benches = config.select(names)
     check_options(opts.backend, opts.static_cache, opts.cuda_graphs)
     source = resolve(opts.model)  # an unknown model fails before any data is read

@@ -155,6 +155,50 @@ def test_cpu_out_of_memory(world, capsys, monkeypatch):
     assert err.endswith("lower --batch-size or use a smaller model/dtype") and "\n" not in err
 
 
+class NeverCalledLM(LM):
+    """A backend no request may reach: the options are refused before any work."""
+
+    def loglikelihood(self, requests, disable_tqdm=False):
+        raise AssertionError("the run started despite a bad option")
+
+    loglikelihood_rolling = generate_until = loglikelihood
+
+
+@pytest.mark.parametrize("argv,said", [
+    (["--limit", "0"], "--limit must be a whole number of at least 1, not 0"),
+    (["--limit", "-3"], "--limit must be a whole number of at least 1, not -3"),
+    (["--batch-size", "0"], "--batch-size must be a whole number of at least 1, not 0"),
+    (["--max-gen-toks", "0"], "--max-gen-toks must be a whole number of at least 1, not 0"),
+    (["--dtype", "float99"], "unknown --dtype 'float99': use float32, bfloat16 or float16"),
+    (["--dtype", "int8"], "unknown --dtype 'int8': use float32, bfloat16 or float16"),
+    (["--device", "tpu"], "unknown --device 'tpu': use cpu, cuda or cuda:N"),
+])
+def test_bad_option_values_are_refused_before_the_model_loads(world, capsys, monkeypatch, argv, said):
+    loads = []
+    monkeypatch.setattr("evals.models.load_model", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr("evals.backends.make_lm", lambda *a, **k: NeverCalledLM())
+    err = fails(world, capsys, "arc_easy", *argv)
+    assert err == f"phi2eval: error: {said}" and not loads
+
+
+def test_cuda_asked_for_where_there_is_none(world, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fake_model(monkeypatch, NeverCalledLM())
+    err = fails(world, capsys, "arc_easy", "--device", "cuda:0")
+    assert "--device cuda:0: this machine has no CUDA GPU" in err and err.endswith("use --device cpu")
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_loads(world, capsys, monkeypatch, tmp_path):
+    fake_model(monkeypatch, NeverCalledLM())
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    code = cli.main(["run", "arc_easy", "--output-dir", str(blocked / "results")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith(f"phi2eval: error: cannot write results to {blocked / 'results'} (")
+    assert err[0].endswith("pass --output-dir with a folder you can write")
+
+
 def test_debug_shows_the_traceback(world, monkeypatch):
     fake_model(monkeypatch, OOMLM())
     with pytest.raises(torch.OutOfMemoryError):
