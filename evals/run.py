@@ -145,10 +145,10 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     from evals.backends import check_options, make_lm
     from evals.models import load_model, resolve, slug
 
-    check_run_options(opts)
     benches = config.select(names)
     check_options(opts.backend, opts.static_cache, opts.cuda_graphs)
     source = resolve(opts.model)  # an unknown model fails before any data is read
+    check_run_options(opts)  # (creates the output folder: only once the names are known good)
     world = distributed.world_from_env()
     if world.local_size > 1 and source.get("device_map"):
         raise ModelError(f"{opts.model} spreads one replica over several GPUs (device_map): launch one process "
