@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from evals import paths
-from evals.errors import Phi2EvalError
+from evals.errors import Phi2EvalError, first_line
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -272,8 +272,8 @@ def _main(argv: list[str] | None) -> int:
             print("phi2eval: error: CUDA out of memory; lower --batch-size, use --dtype bfloat16 or more GPUs", file=sys.stderr)
             return 2
         if is_oom(exc) and not args.debug:  # the CPU allocator's failure is a RuntimeError
-            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            print(f"phi2eval: error: out of memory ({said[-120:]}); lower --batch-size or use a smaller model/dtype",
+            print(f"phi2eval: error: out of memory ({first_line(exc)[-120:]}); lower --batch-size or use a smaller "
+                  "model/dtype",
                   file=sys.stderr)
             return 2
         raise

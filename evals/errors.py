@@ -1,6 +1,13 @@
 """Errors the CLI turns into one line with a hint and exit code 2."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, stripped, for one-line reports; its type's name
+    when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class Phi2EvalError(Exception):
     """An error caused by the user's input; its message says what to do."""
 

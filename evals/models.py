@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from evals import paths
-from evals.errors import ModelError
+from evals.errors import ModelError, first_line
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -138,8 +138,7 @@ def _load_pretrained(source: dict, device: str, torch_dtype, trust_remote_code: 
         if "trust_remote_code" in str(exc) and not trust_remote_code:
             raise ModelError(f"model {where} comes with its own modelling code: rerun with --trust-remote-code "
                              "if you trust that code") from exc
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load model {where}: {first[:200]} (check the id or path, network access and HF login)") from exc
+        raise ModelError(f"cannot load model {where}: {first_line(exc)[:200]} (check the id or path, network access and HF login)") from exc
     if "device_map" not in kwargs:
         model.to(device)
     if fingerprint is None:

@@ -155,6 +155,7 @@ class HFOutOfMemory(Exception):
 def timed_call(key: str, lm, kind: str, insts, device: str) -> tuple[float, list, int]:
     """run_once; HFLM's out-of-memory error becomes HFOutOfMemory (see bench_task_fitting)."""
     from evals.backends.batching import free_memory, is_oom
+    from evals.errors import first_line
 
     try:
         return run_once(lm, kind, insts, device)
@@ -162,7 +163,7 @@ def timed_call(key: str, lm, kind: str, insts, device: str) -> tuple[float, list
         if key != "hf" or not is_oom(exc):
             raise
         free_memory()
-        raise HFOutOfMemory(str(exc).strip().splitlines()[0][-160:] if str(exc).strip() else "") from exc
+        raise HFOutOfMemory(first_line(exc)[-160:]) from exc
 
 
 def bench_task_fitting(name, hf, fast, tm, args, n_params, head_params, variants: dict | None = None) -> dict:
@@ -399,6 +400,7 @@ def main(argv=None) -> int:
 
     from evals.backends.device import SDPA_ENV
     from evals.backends.fast import FastLM
+    from evals.errors import first_line
 
     t0 = time.time()
     model, tok, info = load(args.model, args.device, args.dtype)
@@ -451,7 +453,7 @@ def main(argv=None) -> int:
         try:
             rec = bench_task_fitting(name, hf, fast, tm, args, n_params, head_params, variants)
         except Exception as exc:  # noqa: BLE001 - one task's failure is recorded; the others still run
-            said = str(exc).strip().splitlines()[0][-200:] if str(exc).strip() else ""
+            said = first_line(exc)[-200:]
             report["tasks"][name] = {"error": f"{type(exc).__name__}: {said}"}
             write_report(out, report)
             failed.append(name)

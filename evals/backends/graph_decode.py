@@ -43,6 +43,7 @@ import torch
 
 from evals.backends import kv_cache
 from evals.backends.kv_cache import compact_cache, compact_order
+from evals.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class StepRunner:
         except Exception as exc:  # noqa: BLE001 - any other capture failure: eager steps from now on
             GRAPHS_OK[self.device.type] = False
             log.warning("decoding step could not be captured as a CUDA graph (%s); decoding eagerly",
-                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+                        first_line(exc)[:200])
         if self.replay is None:
             self.graphs = False
             return

@@ -45,6 +45,7 @@ import torch
 
 from evals.backends.packed_attention import attention_implementation, register, sdpa_attention_forward
 from evals.backends.packed_attention import supports as routes_attention
+from evals.errors import first_line
 
 SHARED = "phi2eval_shared_prefix"
 PREFIX_KW = "phi2eval_prefix"
@@ -279,7 +280,7 @@ def _decode_attention(query, key, value, pre: "Prefix", i: int, scale: float) ->
         except (NotImplementedError, RuntimeError) as exc:
             LSE_PATH[state] = False
             log.warning("fused attention with log-sum-exp unavailable on %s %s (%s); using matrix products",
-                        *state, str(exc).splitlines()[0][:200])
+                        *state, first_line(exc)[:200])
         if LSE_PATH.get(state):
             return out
     ref = _prefix_attention(query, key, value, *pre.layer(i), pre.own_mask(1, L, rep, S), scale)
