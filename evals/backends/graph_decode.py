@@ -11,7 +11,9 @@ address and keep its shape, and nothing may be decided on the host within a step
   keys and values at column `col`, a one-element device tensor advanced inside the graph
   (GraphLayer), not at a Python index;
 * the mask of the columns each row sees, `valid` [rows, T], gets column `col` set inside the
-  graph; the attention reads all T columns, those not written yet (and left padding) masked out:
+  graph; the attention reads all T columns, those not written yet (and left padding) masked out
+  and zeroed first (a masked column still enters the products: 0 x NaN is NaN, and a reserved
+  buffer holds whatever memory it was given):
   under a shared few-shot prefix read in place through prefix_attention's decoding path (which
   reads the prefix's one copy for all rows), otherwise through the model's SDPA with `valid` as
   its 4-D mask (a prefix copied into the rows' cache, or none);
@@ -102,6 +104,9 @@ class GraphStep:
         for layer in cache.layers:
             layer.__class__ = GraphLayer
             layer.col = self.col
+            # the columns not written yet are read (masked out) by every step: no garbage in them
+            layer._kbuf[..., n:, :].zero_()
+            layer._vbuf[..., n:, :].zero_()
         T = cache.layers[0]._kbuf.shape[-2]
         self.valid = torch.zeros(B, T, dtype=torch.bool, device=dev)
         self.valid[:, :n] = mask.bool()

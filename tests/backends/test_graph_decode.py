@@ -45,10 +45,10 @@ def fresh_state(monkeypatch):
     monkeypatch.setattr(prefix_attention, "LSE_PATH", {})
 
 
-def _decode(smol, prompts, max_gen=24, in_place=True, until=UNTIL):
+def _decode(smol, prompts, max_gen=24, in_place=True, until=UNTIL, widen=True):
     model, tok = smol
     lm = FastLM(model, tok, max_length=2048, cuda_graphs=True)
-    lm._shared_decode = in_place
+    lm._shared_decode, lm._widen_prefill = in_place, widen
     with torch.inference_mode():
         return lm._greedy_batch(prompts, until, max_gen), lm.stats
 
@@ -213,6 +213,27 @@ def test_only_a_reserved_cache_decodes_in_graphs(smol, prompts, reference, fresh
     got, stats = _decode(smol, prompts)
     assert got == reference and stats["gen_graph_steps"] == 0
     assert graph_decode.graph_layers(None, 8) is None
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["prefix-in-place", "prefix-in-rows-cache"])
+def test_garbage_in_the_unwritten_cache_columns_is_never_read(smol, prompts, reference, fresh_state, monkeypatch,
+                                                              in_place):
+    """A reserved buffer holds whatever memory it was given (on a GPU, freed tensors' bytes). The
+    steps read its unwritten columns masked out, and a masked NaN still poisons the products
+    (0 x NaN): filled with NaN, they give the default texts (one prefill group: reserve_cache)."""
+    from evals.backends import kv_cache
+
+    real = kv_cache.ReservedLayer.reserve
+
+    def poisoned(self, extra):
+        n = self.keys.shape[-2]
+        real(self, extra)
+        self._kbuf[..., n:, :] = float("nan")
+        self._vbuf[..., n:, :] = float("nan")
+
+    monkeypatch.setattr(kv_cache.ReservedLayer, "reserve", poisoned)
+    got, stats = _decode(smol, prompts, in_place=in_place, widen=False)
+    assert got == reference and stats["gen_graph_steps"] == 23 and stats["gen_prefill_passes"] == 1
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["prefix-in-place", "prefix-in-rows-cache"])
