@@ -5,8 +5,9 @@ FastLM is an lm-eval LM over an already loaded causal HF model. Its work is spli
     KV cache, rows packed unpadded, lm_head only at scored positions; plain rows (as HFLM) for
     models that cannot take trie rows, decided by the config (compat.py) and a probe.
   * greedy.py: batched greedy decoding with a reserved KV cache, shared few-shot prefixes read
-    in place, per-row stop sequences, finished rows leaving the batch; transformers' generate
-    for sampling and for models it cannot decode.
+    in place, per-row stop sequences, finished rows leaving the batch; hf_generate.py:
+    transformers' generate for sampling, for models greedy.py cannot decode, and with a static
+    cache (--static-cache).
   * planning.py: which requests share a pass or a batch; device.py: what a pass costs on the
     device and budgets from its memory; batching.py: token-budget batches and OOM backoff.
 This module holds what both share: tokenisation (HFLM's), the options, the shared-prefix KV

@@ -23,14 +23,12 @@
     the rows behind them moved into their place in the reserved cache (compact_cache).
   * Output text = HFLM's post-processing (cut at the first stop sequence).
   * Sampling or unusual generation kwargs, and models without a plain key/value cache (Mamba),
-    fall back to `model.generate` exactly as HFLM calls it. Under a sliding window shorter than
-    a call's prompts plus max_gen_toks, prefixes are copied to every row, not read in place;
-    under a longer one the cache is made of plain layers (_plain_cache), as without a window.
+    fall back to `model.generate` exactly as HFLM calls it (hf_generate.py). Under a sliding
+    window shorter than a call's prompts plus max_gen_toks, prefixes are copied to every row,
+    not read in place; under a longer one the cache is made of plain layers (_plain_cache), as
+    without a window.
   * Optional (`static_cache=True`, `--static-cache`): greedy batches run through transformers'
-    `generate` with a static KV cache, whose decoding step transformers compiles with
-    torch.compile (CUDA graphs) on CUDA. Shapes are bucketed so few graphs are compiled; rows
-    stay in the batch until all are finished and few-shot prefixes are not shared. Same text
-    as the default path on CPU (tested); its speed on a GPU is not measured yet.
+    `generate` with a static KV cache (hf_generate.py).
   * Optional (`cuda_graphs=True`, `--cuda-graphs`): the default greedy decoding, its steps run
     on fixed tensors and replayed as CUDA graphs (graph_decode.py): prefixes still read in place,
     rows compacted at half. Same text on CPU (tested, graphs through a CPU stand-in); its speed
@@ -39,17 +37,16 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import defaultdict
 
 import torch
-from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
-from lm_eval.models.utils_hf import stop_sequences_criteria
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
 from evals.backends import graph_decode
 from evals.backends.batching import TokenBudget, plan_batches, run_batched
 from evals.backends.device import attention_kernels, gen_pad_waste
+from evals.backends.hf_generate import STATIC_LEN_BUCKET, GenerateMixin
 from evals.backends.kv_cache import compact_cache, compact_order, fill_rows, out_cache, reserve_cache, widen_cache
 from evals.backends.planning import SHARE_MIN, plan_generation
 from evals.backends.prefix_attention import PREFIX_KW, MultiPrefix, Prefix, cache_kv, shared_prefix
@@ -57,16 +54,12 @@ from evals.backends.stops import StopCheck, stop_free_ids
 
 log = logging.getLogger(__name__)
 
-GREEDY_IGNORED_KWARGS = {"do_sample", "temperature", "top_p", "top_k"}
 # generation: decoding steps cost about the same for 4 rows as for 1, so batches may hold rows
 # up to 1.5x shorter (left padding) instead of log-likelihood's 1.1x
 GEN_PAD_RATIO = 1.5
 # a prefill group (rows prefilled together, then copied into the batch's reserved cache) holds at
 # most this share of the generation budget, and at most the log-likelihood budget
 GEN_PREFILL_SHARE = 0.25
-# static-cache generation: a benchmark's prompts are left padded to one width, a multiple of this
-# many tokens (rows: see _static_greedy_batch), so a run compiles a few decoding graphs, not one per batch
-STATIC_LEN_BUCKET = 256
 
 
 class _NoSharedPrefix(Exception):
@@ -77,29 +70,11 @@ class _NoWiden(Exception):
     """The model's KV cache cannot be assembled from prefill groups (widen_cache)."""
 
 
-
-class GreedyMixin:
+class GreedyMixin(GenerateMixin):
     """FastLM's lm-eval generation method (see the module docstring); the model, tokenizer,
     budgets, caches and stats are FastLM's."""
 
     # ----- generation -------------------------------------------------------------------
-    def _eos_ids(self) -> set[int]:
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
-        if eos is None:
-            return set()
-        return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
-
-    def _plain_greedy(self, kwargs: dict) -> bool:
-        if kwargs.get("do_sample") or float(kwargs.get("temperature", 0.0)) != 0.0:
-            return False
-        if set(kwargs) - GREEDY_IGNORED_KWARGS:
-            return False
-        gc = self.model.generation_config
-        return (gc.repetition_penalty in (None, 1.0) and not gc.no_repeat_ngram_size and not gc.bad_words_ids
-                and not gc.suppress_tokens and not gc.begin_suppress_tokens and not gc.min_new_tokens
-                and not gc.min_length and (gc.num_beams or 1) == 1 and not gc.forced_bos_token_id
-                and not gc.forced_eos_token_id)
-
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy batched generation with HFLM's stop/length semantics."""
         args = [r.args for r in requests]
@@ -150,17 +125,6 @@ class GreedyMixin:
                 self.cache_hook.add_partial("generate_until", args[i], text)
         self._update_peak()
         return res  # type: ignore[return-value]
-
-    def _left_pad(self, prompts: list[list[int]], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids, attention mask) of `prompts` left padded to `width` (default: the longest)."""
-        T = max([len(p) for p in prompts] + [width or 0])
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(prompts), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(prompts), T), dtype=torch.long)
-        for b, p in enumerate(prompts):
-            ids[b, T - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[b, T - len(p):] = 1
-        return ids.to(self._device), mask.to(self._device)
 
     def _greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int,
                       known_shared: int | list[int] = 0) -> list[str]:
@@ -382,44 +346,3 @@ class GreedyMixin:
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         return stops.texts()
-
-    def _static_greedy_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, width: int) -> list[str]:
-        """Greedy decode one batch with transformers' generate and a static KV cache (on CUDA
-        transformers compiles its decoding step), prompts left padded to `width` tokens. Rows
-        are padded (copies of the last prompt) to the fewest rows of a shape already run at this
-        width and length, else to a power of two, so a run compiles few graphs: a decoding step
-        costs about the same for a few more rows. Each row's text ends at its first EOS token,
-        as in _greedy_batch."""
-        n = len(prompts)
-        seen = [r for r, w, g in self._static_shapes if (w, g) == (width, max_gen) and r >= n]
-        rows = min(seen) if seen else 1 << (n - 1).bit_length()
-        self._static_shapes.add((rows, width, max_gen))
-        batch = prompts + [prompts[-1]] * (rows - n)
-        ids, mask = self._left_pad(batch, width)
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_gen, do_sample=False,
-            cache_implementation="static", pad_token_id=self.tokenizer.pad_token_id,
-            stopping_criteria=stop_sequences_criteria(self.tokenizer, until, width, rows),
-        )
-        self.stats["gen_prefill_tokens"] += ids.numel()
-        self.stats["gen_tokens"] += rows * (out.shape[1] - width)
-        eos = self._eos_ids()
-        texts = []
-        for row in out[:n, width:].tolist():
-            cut = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
-            texts.append(postprocess_generated_text(self.tok_decode(row[:cut]), until, None))
-        return texts
-
-    def _hf_generate_batch(self, prompts: list[list[int]], until: list[str], max_gen: int, kwargs: dict) -> list[str]:
-        """Fallback for sampling / unusual kwargs: HFLM._model_generate on one batch."""
-        kwargs = copy.deepcopy(kwargs)
-        kwargs["temperature"] = kwargs.get("temperature", 0.0)
-        if kwargs.get("do_sample") is False and kwargs["temperature"] == 0.0:
-            kwargs.pop("temperature")
-        ids, mask = self._left_pad(prompts)
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, max_length=ids.shape[1] + max_gen,
-            stopping_criteria=stop_sequences_criteria(self.tokenizer, until, ids.shape[1], ids.shape[0]),
-            pad_token_id=self.tokenizer.pad_token_id, use_cache=True, **kwargs,
-        )
-        return [postprocess_generated_text(self.tok_decode(row[ids.shape[1]:]), until, None) for row in out.tolist()]

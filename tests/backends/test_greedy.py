@@ -1,5 +1,5 @@
 """FastLM's greedy generations (evals/backends/greedy.py) are HFLM's, token for token: batches,
-shared prefixes read in place, grouped prefill, rows leaving the batch, static cache, OOM backoff.
+shared prefixes read in place, grouped prefill, rows leaving the batch, OOM backoff (the static cache and the `generate` fallback: test_hf_generate.py).
 
 Uses the embedded SmolLM2-135M in float32 on CPU (session fixtures in conftest.py)."""
 
@@ -48,42 +48,6 @@ def test_greedy_generation_identical_to_hf(fast, hf_lm, gen_kwargs):
     ref = hf_lm.generate_until(reqs, disable_tqdm=True)
     got = fast.generate_until(reqs, disable_tqdm=True)
     assert got == ref
-
-
-@pytest.mark.parametrize("gen_kwargs", [
-    {"until": ["\n\n", "Q:"], "max_gen_toks": 24, "do_sample": False},
-    {"until": [","], "max_gen_toks": 12, "temperature": 0.0},
-])
-def test_static_cache_generation_identical_to_hf(smol, hf_lm, gen_kwargs):
-    """--static-cache: transformers' generate with a static KV cache, bucketed shapes, same text."""
-    model, tok = smol
-    lm = FastLM(model, tok, max_length=2048, static_cache=True)
-    reqs = [inst("generate_until", (p, dict(gen_kwargs)), i) for i, p in enumerate(GEN_PROMPTS)]
-    assert lm.generate_until(reqs, disable_tqdm=True) == hf_lm.generate_until(reqs, disable_tqdm=True)
-
-
-def test_static_cache_batches_have_bucketed_shapes(smol, monkeypatch):
-    """Rows padded to a power of two, prompts to a multiple of STATIC_LEN_BUCKET; the padding
-    rows' texts are dropped and a row's text ends at its first EOS."""
-    from evals.backends.greedy import STATIC_LEN_BUCKET
-
-    model, tok = smol
-    lm = FastLM(model, tok, max_length=2048, static_cache=True)
-    shapes, real = [], model.generate
-
-    def spy(**kw):
-        shapes.append((tuple(kw["input_ids"].shape), kw["cache_implementation"]))
-        return real(**kw)
-
-    monkeypatch.setattr(model, "generate", spy)
-    reqs = [inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6}), i) for i, p in enumerate(GEN_PROMPTS[:3])]
-    got = lm.generate_until(reqs, disable_tqdm=True)
-    assert shapes == [((4, STATIC_LEN_BUCKET), "static")] and len(got) == 3
-    prompts = [tok(p)["input_ids"] for p in GEN_PROMPTS[:3]]
-    assert got == lm._greedy_batch(prompts, ["\n"], 6)
-    lm.generate_until(reqs[:1], disable_tqdm=True)  # one row runs in the 4-row shape already compiled
-    lm.generate_until(reqs, disable_tqdm=True)
-    assert shapes[1:] == [((4, STATIC_LEN_BUCKET), "static")] * 2
 
 
 def test_generation_tokens_identical_to_hf_generate(fast, smol):
