@@ -1,5 +1,6 @@
-"""Log-likelihood under a sliding window: one call mixing short inputs (within the window) and
-long ones (past it), as a suite run makes (lm-eval sends every task's requests in one call).
+"""Log-likelihood under a sliding window: one call mixing short inputs (within the window: trie
+rows) and long ones (past it: plain rows, a few-shot prefix continued from the model's own
+cache), as a suite run makes (lm-eval sends every task's requests in one call).
 The fast backend at a git revision against the working tree and lm-eval's HFLM, alternating,
 on a random-weight Gemma 3 text model (its sliding window: `--window`) with the embedded
 tokenizer, float32, CPU: seconds (best of --rounds), ratios, answers compared.
@@ -87,9 +88,11 @@ def main(argv=None) -> int:
               "hf_over_new": round(best["hf"] / best["new"], 3), "hf_over_old": round(best["hf"] / best["old"], 3),
               "max_abs_loglik_diff_vs_hf": diff,
               "plain_requests": {k: stats[k].get("ll_plain_requests", stats[k].get("ll_plain_calls") and len(insts))
-                                 for k in ("old", "new")}}
+                                 for k in ("old", "new")},
+              "plain_prefix_passes": {k: stats[k].get("ll_plain_prefix_passes", 0) for k in ("old", "new")}}
     print(json.dumps({k: record[k] for k in ("requests", "seconds", "new_over_old", "hf_over_new", "hf_over_old",
-                                             "max_abs_loglik_diff_vs_hf", "plain_requests")}, indent=1))
+                                             "max_abs_loglik_diff_vs_hf", "plain_requests", "plain_prefix_passes")},
+                     indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     return 0

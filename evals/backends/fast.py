@@ -129,6 +129,7 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         self._widen_prefill = True  # generation batches prefill in groups of similar length (_prefill_groups)
         self.add_bos_token = None
         self._prefix = None  # (token tuple, KV cache) of the last shared prefix
+        self._prefix_kind = None  # what _prefix_kv built it for ("ll", "gen", "ll_plain")
         self._merge_ratio = merge_ratio(model)  # fixed per model; decides trie row packing
         self._head = HeadScorer(model)  # output layer at scored positions only
         self._recent_enc: OrderedDict = OrderedDict()  # see tok_encode
@@ -150,6 +151,7 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
             self._rows_reason = f"a {self._window}-token sliding attention window, shorter than the probe's inputs"
         self._rows_checked = self._rows_reason is not None  # _check_rows runs once, if needed
         self._probe_failed = False  # the probe found trie rows wrong: decoding uses generate too
+        self._plain_share: bool | None = None  # plain rows may continue a prefix's cache (_plain_share_ok)
         self.plain_reasons: list[str] = []  # why log-likelihood ran plain rows (_plain_reason), once each
         # log-likelihood rows run unpadded (packed_attention.py) where the model allows it
         self._n_layers = getattr(model.config, "num_hidden_layers", None)
@@ -245,13 +247,16 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         return {self._cache_kw: DynamicCache()}
 
     def _prefix_kv(self, prefix: list[int], kind: str):
-        """KV cache (batch size 1) of a shared prefix (few-shot examples). The last prefix's
-        cache is kept, so consecutive batches of one cluster run the prefix once."""
+        """KV cache (batch size 1) of a shared prefix (few-shot examples) for `kind` of work
+        ("ll" trie rows, "ll_plain" plain rows, "gen" decoding). The last prefix's cache is
+        kept, so consecutive batches of one cluster run the prefix once."""
         key = tuple(prefix)
-        if self._prefix is None or self._prefix[0] != key:
+        if self._prefix is None or self._prefix[0] != key or self._prefix_kind != kind:
             self._prefix = None  # free the old one first
-            # log-likelihood trie rows run only within the window (_beyond_window)
-            kw = self._plain_cache(kind == "ll" or self._within_window)
+            # log-likelihood trie rows run only within the window (_beyond_window); plain rows
+            # ("ll_plain") continue the model's own cache, as its forward would build it
+            kw = {} if kind == "ll_plain" else self._plain_cache(kind == "ll" or self._within_window)
+            self._prefix_kind = kind
             out = self.model.base_model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True, **kw)
             self._prefix = (key, out_cache(out))
             self.stats[f"{kind}_shared_prefix_tokens"] += len(prefix)

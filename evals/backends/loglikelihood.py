@@ -28,7 +28,9 @@
     row through the model's own forward, as HFLM runs it (_score_plain): same answers, only
     the batching and the log-softmax at scored positions saved. Under a sliding window only
     the inputs longer than the window run so (_beyond_window); the others take trie rows. The
-    reason is logged once. A model that fails the
+    reason is logged once. Plain rows of a few-shot cluster continue the model's own KV cache
+    of its prefix, run once per cluster, where the model has a KV cache and a second probe
+    (_check_plain_prefix) finds the continuation giving the whole input's answers. A model that fails the
     probe also decodes through transformers' generate (greedy decoding gives its own position
     ids and masks too).
 """
@@ -47,6 +49,7 @@ from evals.backends.device import attention_kernels, forward_cost_tokens
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.planning import plan_loglikelihood
 from evals.backends.prefix_trie import ancestor_mask, build_row
+from evals.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +106,8 @@ class LoglikelihoodMixin:
         # batch size 1 asks for results that do not depend on the rest of the run: rows of one context
         plan = plan_loglikelihood(pairs, self.max_length, self._merge_ratio, local=self.budget.max_rows == 1,
                                   pool_tokens=2 * forward_cost_tokens(self.model, self._device, self.budget.tokens)
-                                  if self.pool_clusters else 0, plain=reason is not None)
+                                  if self.pool_clusters else 0, plain=reason is not None,
+                                  share_plain=reason is not None and self._plain_share_ok())
         rows, conts_of = plan.rows, plan.conts_of
         score = self._score_rows if reason is None else self._score_plain
         try:
@@ -170,6 +174,49 @@ class LoglikelihoodMixin:
             log.warning("generation: the probe found this model's position ids or masks handled differently (%s); "
                         "greedy decoding runs through transformers' generate", self._rows_reason)
 
+    def _plain_share_ok(self) -> bool:
+        """Whether plain rows may continue the model's own KV cache of a shared few-shot prefix:
+        a model with a key/value cache whose trie rows were not refused by the probe (a model
+        that mishandles position ids would mishandle a cache's too), and whose cached
+        continuation gives its full forward's log-likelihoods on a probe (checked once)."""
+        if self._plain_share is None:
+            self._plain_share = False
+            if self._kv_decode and not self._probe_failed:
+                with torch.inference_mode(), attention_kernels(self._device):
+                    self._plain_share = self._check_plain_prefix()
+        return self._plain_share
+
+    def _check_plain_prefix(self) -> bool:
+        """Probe: two of _check_rows's inputs (a 40-token common prefix) scored as plain rows that
+        continue the model's own cache of that prefix, against each scored whole. False (logged)
+        on an error or a difference beyond PROBE_TOL."""
+        if self.max_length < 128:
+            return False
+        ids = self.tok_encode(PROBE_TEXT)
+        ids = (ids * (128 // max(len(ids), 1) + 1))[:128]
+        a, b = tuple(ids[:88]), tuple(ids[:40] + ids[96:108])
+        conts_of = {x: {tuple(x[-3:]): None, tuple(ids[1:3]): None} for x in (a, b)}
+        stats = dict(self.stats)
+        try:
+            ref = {k: v for x in (a, b) for k, v in self._score_plain([(0, [x])], conts_of)[0]}
+            got = {k: v for row in self._score_plain([(40, [a]), (40, [b])], conts_of) for k, v in row}
+            diff = max(abs(got[k][0] - ref[k][0]) for k in ref)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure means: no shared prefix
+            diff, why = float("nan"), f"{type(exc).__name__}: {first_line(exc)[:120]}"
+        else:
+            why = f"log-likelihoods {diff:.2g} apart"
+        finally:
+            self._prefix = None
+            self.stats.clear()
+            self.stats.update(stats)
+        if diff <= PROBE_TOL.get(self.model.dtype, PROBE_TOL[None]):  # NaN fails too
+            return True
+        log.warning("log-likelihood: plain rows run their few-shot prefix each (continuing the model's own "
+                    "cache of it gave %s on a probe)", why)
+        return False
+
     def _check_rows(self) -> str | None:
         """Probe: a short text's inputs scored through trie rows (two inputs sharing a prefix, one
         more row, and the prefix as a KV cache) against each input alone through the model's own
@@ -220,21 +267,27 @@ class LoglikelihoodMixin:
         """One forward over inputs of one row each, right padded, through the model's own
         forward without a mask (its own positions, masks and output layer), as HFLM runs them;
         logits only from the first scored position on where the model allows (logits_to_keep),
-        log-softmax in float32. Same return as _score_rows."""
+        log-softmax in float32. Rows of a cluster (shared length S > 0, plan_loglikelihood's
+        share_plain) continue the model's own KV cache of their first S tokens, run once per
+        cluster (_prefix_kv). Same return as _score_rows."""
         dev = self._device
+        S = rows[0][0]
         seqs = [row_seqs[0] for _, row_seqs in rows]
-        B, T = len(seqs), max(map(len, seqs))
+        own = [x[S:] for x in seqs]
+        B, T = len(own), max(map(len, own))
         ids = torch.full((B, T), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        for b, x in enumerate(seqs):
-            ids[b, : len(x)] = torch.tensor(x, dtype=torch.long)
-        keep = T - min(len(x) - max(map(len, conts_of[x])) for x in seqs)
+        for b, o in enumerate(own):
+            ids[b, : len(o)] = torch.tensor(o, dtype=torch.long)
+        keep = T - min(len(o) - max(map(len, conts_of[x])) for x, o in zip(seqs, own))
         kw = {self._keep_kw: keep} if self._keep_kw else {}
-        logits = self.model(input_ids=ids.to(dev), use_cache=False, **kw).logits[:, -keep:]
+        if S:
+            kw[self._cache_kw] = self._prefix_cache(list(seqs[0][:S]), B, "ll_plain")
+        logits = self.model(input_ids=ids.to(dev), use_cache=bool(S), **kw).logits[:, -keep:]
         self.stats["ll_plain_batches"] += 1
         self.stats["ll_forward_tokens"] += B * T
         out: list[list] = [[] for _ in range(B)]
-        for b, x in enumerate(seqs):
-            end = len(x) - (T - keep)  # the row's last position, +1, in the kept logits
+        for b, (x, o) in enumerate(zip(seqs, own)):
+            end = len(o) - (T - keep)  # the row's last position, +1, in the kept logits
             n = max(map(len, conts_of[x]))
             logp = torch.log_softmax(logits[b, end - n : end].float(), dim=-1)  # once per row
             self.stats["ll_scored_positions"] += n

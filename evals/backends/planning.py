@@ -168,7 +168,7 @@ class LoglikelihoodPlan:
 
 
 def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool = False,
-                       pool_tokens: float = 0, plain: bool = False) -> LoglikelihoodPlan:
+                       pool_tokens: float = 0, plain: bool = False, share_plain: bool = False) -> LoglikelihoodPlan:
     """Rows for (context tokens, continuation tokens) pairs, truncated like HFLM to
     max_length + 1 tokens. A request's model input is (context + continuation)[:-1]; its last
     len(continuation) positions predict the continuation. Inputs whose distinct contexts share
@@ -183,8 +183,9 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool =
 
     `local`: a row holds the inputs of one context only, so a request's numbers do not depend
     on which other documents are in the run (the same bit for bit with 1 or N processes).
-    `plain`: every distinct input is a row of its own, with no shared prefix (FastLM._score_plain,
-    for models that cannot take trie rows)."""
+    `plain`: every distinct input is a row of its own (FastLM._score_plain, for models that
+    cannot take trie rows); with `share_plain` (and not `local`) a cluster's rows start after
+    its prefix, which runs once as the model's own KV cache, else no prefix is shared."""
     conts_of: dict[tuple, dict[tuple, None]] = defaultdict(dict)
     keys = []
     for ctx, cont in pairs:
@@ -195,16 +196,18 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool =
         keys.append((x, c))
     seqs = sorted(conts_of)
     plan = LoglikelihoodPlan(keys, conts_of, [], [], [], [])
-    if plain:
-        plan.rows = [(0, [x]) for x in seqs]
-        plan.row_keys = [None] * len(seqs)
-        plan.lengths = [len(x) for x in seqs]
-        plan.pad = list(plan.lengths)
-        return plan
     parts = [x[: len(x) - max(map(len, conts_of[x]))] for x in seqs]
     distinct = list(dict.fromkeys(parts))
     part_keys, part_shared = share_clusters(distinct)
     of_part = {p: (k, s) for p, k, s in zip(distinct, part_keys, part_shared)}
+    if plain:
+        for x, p in zip(seqs, parts):
+            key, S = of_part[p] if share_plain and not local else (None, 0)
+            plan.rows.append((S, [x]))
+            plan.row_keys.append(key)
+            plan.lengths.append(len(x))
+            plan.pad.append(len(x) - S)
+        return plan
     members: dict = defaultdict(list)
     for i, p in enumerate(parts):
         members[of_part[p] + ((p,) if local else ())].append(i)

@@ -89,6 +89,8 @@ def test_fast_matches_hf(model_type, tok, caplog):
         assert 0 < plain < len(reqs) and trie > 0
     else:
         assert plain == {"trie": 0, "plain": len(short) + len(reqs)}[mode] and (trie > 0) == (mode == "trie")
+    # plain rows of the few-shot cluster continue the model's own cache of its prefix (not Mamba: no KV cache)
+    assert (lm.stats["ll_plain_prefix_passes"] > 0) == (mode != "trie" and model_type != "mamba")
     if mode != "trie":
         assert len(lm.plain_reasons) == 1 and lm.plain_reasons[0] in caplog.text  # one line saying why
     gen = [inst("generate_until", (p, {"until": ["\n"], "max_gen_toks": 6}), i)
@@ -97,6 +99,30 @@ def test_fast_matches_hf(model_type, tok, caplog):
     # prefill groups are assembled into one cache (widen_cache), also under a sliding window that
     # the prompts do not reach (Mistral's, Gemma 2's: FastLM._plain_cache); Gemma 3's is reached
     assert lm._widen_prefill is (model_type != "gemma3_text")
+
+
+def test_a_prefix_cache_that_changes_the_answers_is_not_shared(tok, monkeypatch, caplog):
+    """Plain rows continue the model's own cache of a few-shot prefix only after a probe shows
+    its answers equal the whole input's: a cache that gives other answers (here: built from the
+    prefix with its first half replaced by token 0; Gemma 3's few-shot inputs pass its window)
+    is not used, one line says so, and the answers are HFLM's."""
+    from lm_eval.models.huggingface import HFLM
+
+    real = FastLM._prefix_kv
+
+    def corrupted(self, prefix, kind):
+        half = len(prefix) // 2
+        return real(self, [0] * half + list(prefix[half:]) if kind == "ll_plain" else prefix, kind)
+
+    monkeypatch.setattr(FastLM, "_prefix_kv", corrupted)
+    model = tiny("gemma3_text", tok)
+    lm = FastLM(model, tok, max_length=2048)
+    reqs = ll_requests()
+    with caplog.at_level(logging.WARNING, logger="evals.backends"):
+        got = lm.loglikelihood(reqs, disable_tqdm=True)
+    hf = HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=2048, device="cpu")
+    assert_same_ll(got, hf.loglikelihood(reqs, disable_tqdm=True))
+    assert lm.stats["ll_plain_prefix_passes"] == 0 and "plain rows run their few-shot prefix each" in caplog.text
 
 
 def test_a_model_that_ignores_position_ids_runs_plain_rows(smol, hf_lm, monkeypatch, caplog):

@@ -39,6 +39,25 @@ def test_pooling_weighs_the_attention_it_adds():
     assert [k is not None for k in local.row_keys].count(True) == 3
 
 
+def test_plain_rows_start_after_their_clusters_prefix_when_shared():
+    """Plain rows (one input each): with share_plain a cluster's rows carry its prefix length S
+    and batch apart from other clusters, padded only past S; without it, or at batch size 1
+    (local), no prefix is shared."""
+    prefix = list(range(100, 140))  # contexts sharing 40 tokens: a cluster (SHARE_MIN 32)
+    pairs = [(prefix + [k, 8], [9, 10]) for k in range(3)] + [([1, 2, 3], [4]), ([1, 2, 3], [5])]
+    shared = plan_loglikelihood(pairs, 2048, 10.0, plain=True, share_plain=True)
+    rows = dict(zip((tuple(seqs) for _, seqs in shared.rows), zip(shared.rows, shared.row_keys, shared.pad)))
+    assert len(shared.rows) == 4  # one row per distinct input: the last two requests share one
+    for k in range(3):
+        (S, _), key, pad = rows[((*prefix, k, 8, 9),)]
+        assert S == 40 and key is not None and pad == 3  # own tokens: k, 8 and 9
+    (S, _), key, pad = rows[((1, 2, 3),)]
+    assert S == 0 and key is None and pad == 3
+    for plan in (plan_loglikelihood(pairs, 2048, 10.0, plain=True),
+                 plan_loglikelihood(pairs, 2048, 10.0, plain=True, share_plain=True, local=True)):
+        assert [S for S, _ in plan.rows] == [0] * 4 and set(plan.row_keys) == {None} and plan.pad == plan.lengths
+
+
 def test_small_clusters_decode_in_the_pool():
     keys, shared = pool_small_clusters([0, 0, 0, 5, 5, None], [40, 40, 40, 33, 33, 0], 3)
     assert keys == [0, 0, 0, None, None, None] and shared == [40, 40, 40, 0, 0, 0]
