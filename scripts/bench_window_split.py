@@ -2,8 +2,9 @@
 rows) and long ones (past it: plain rows, a few-shot prefix continued from the model's own
 cache), as a suite run makes (lm-eval sends every task's requests in one call).
 The fast backend at a git revision against the working tree and lm-eval's HFLM, alternating,
-on a random-weight Gemma 3 text model (its sliding window: `--window`) with the embedded
-tokenizer, float32, CPU: seconds (best of --rounds), ratios, answers compared.
+on a random-weight Gemma 3 text model (its sliding window: `--window`), or with `--arch bloom` a
+BLOOM (ALiBi: every input runs plain rows), with the embedded tokenizer, float32, CPU: seconds
+(best of --rounds), ratios, answers compared.
 
     python scripts/bench_window_split.py --rev 9ec5a6a --tasks hellaswag,arc_easy,mmlu --limit 100
 """
@@ -24,17 +25,22 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def gemma3(tok, window: int, layers: int):
-    """A random Gemma 3 text model of SmolLM2-135M's width with a `window`-token sliding window."""
+def random_model(arch: str, tok, window: int, layers: int):
+    """A random model of SmolLM2-135M's width: Gemma 3 text with a `window`-token sliding
+    window, or BLOOM (ALiBi: every input runs plain rows)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model(
-        "gemma3_text", vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
-        num_attention_heads=9, num_key_value_heads=3, head_dim=64, sliding_window=window,
-        max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if arch == "bloom":
+        config = AutoConfig.for_model("bloom", vocab_size=len(tok), hidden_size=576, n_layer=layers, n_head=9, **ids)
+    else:
+        config = AutoConfig.for_model(
+            "gemma3_text", vocab_size=len(tok), hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
+            num_attention_heads=9, num_key_value_heads=3, head_dim=64, sliding_window=window,
+            max_position_embeddings=2048, **ids)
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa").eval()
+    attn = "eager" if arch == "bloom" else "sdpa"  # BLOOM has no SDPA attention in transformers
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn).eval()
 
 
 def main(argv=None) -> int:
@@ -43,7 +49,8 @@ def main(argv=None) -> int:
     p.add_argument("--rev", required=True, help="git revision of the old fast backend")
     p.add_argument("--tasks", default="hellaswag,arc_easy,mmlu")
     p.add_argument("--limit", type=int, default=100, help="documents per task")
-    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--arch", choices=["gemma3", "bloom"], default="gemma3")
+    p.add_argument("--window", type=int, default=512, help="Gemma 3's sliding window")
     p.add_argument("--layers", type=int, default=12)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default=None)
@@ -59,7 +66,7 @@ def main(argv=None) -> int:
     from evals.run import cpu_model, git_commit
 
     tok = embedded_tokenizer()
-    model = gemma3(tok, args.window, args.layers)
+    model = random_model(args.arch, tok, args.window, args.layers)
     tm = TaskManager(include_path=str(ROOT / "configs" / "tasks"), include_defaults=False)
     insts = []
     for name in args.tasks.split(","):
@@ -74,15 +81,16 @@ def main(argv=None) -> int:
         for label in (list(makers) if r % 2 == 0 else list(makers)[::-1]):
             lm = makers[label]()
             lm.loglikelihood(insts[:2], disable_tqdm=True)  # untimed: the probe
+            before = dict(getattr(lm, "stats", {}))
             t = time.perf_counter()
             outs[label] = lm.loglikelihood(insts, disable_tqdm=True)
             times[label].append(round(time.perf_counter() - t, 2))
-            stats[label] = dict(getattr(lm, "stats", {}))
+            stats[label] = {k: v - before.get(k, 0) for k, v in getattr(lm, "stats", {}).items()}  # the timed call's
     best = {k: min(v) for k, v in times.items()}
     diff = {k: max(abs(a[0] - b[0]) for a, b in zip(outs[k], outs["hf"])) for k in ("old", "new")}
     record = {"command": " ".join(["python", *sys.argv]), "rev": args.rev, "rev_commit": resolve_rev(args.rev),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
-              "device_name": cpu_model(), "torch_threads": torch.get_num_threads(), "window": args.window,
+              "device_name": cpu_model(), "torch_threads": torch.get_num_threads(), "arch": args.arch, "window": args.window,
               "layers": args.layers, "tasks": args.tasks, "limit_per_task": args.limit, "requests": len(insts),
               "seconds": times, "new_over_old": round(best["new"] / best["old"], 3),
               "hf_over_new": round(best["hf"] / best["new"], 3), "hf_over_old": round(best["hf"] / best["old"], 3),

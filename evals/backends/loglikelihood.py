@@ -30,9 +30,9 @@
     the inputs longer than the window run so (_beyond_window); the others take trie rows. The
     reason is logged once. Plain rows of a few-shot cluster continue the model's own KV cache
     of its prefix, run once per cluster, where the model has a KV cache and a second probe
-    (_check_plain_prefix) finds the continuation giving the whole input's answers. A model that fails the
-    probe also decodes through transformers' generate (greedy decoding gives its own position
-    ids and masks too).
+    (_check_plain_prefix) finds the continuation giving the whole input's answers. A model
+    that fails the probe also decodes through transformers' generate (greedy decoding gives
+    its own position ids and masks too).
 """
 
 from __future__ import annotations
