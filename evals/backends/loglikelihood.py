@@ -102,7 +102,9 @@ class LoglikelihoodMixin:
                 for i, ans in zip(part, self._loglikelihood_tokens([requests[i] for i in part], disable_tqdm)):
                     res[i] = ans
             return res
-        reason = self._plain_reason(pairs)
+        reason = self._plain_reason(bool(beyond))
+        if reason is not None:
+            self.stats["ll_plain_requests"] += len(requests)
         # batch size 1 asks for results that do not depend on the rest of the run: rows of one context
         plan = plan_loglikelihood(pairs, self.max_length, self._merge_ratio, local=self.budget.max_rows == 1,
                                   pool_tokens=2 * forward_cost_tokens(self.model, self._device, self.budget.tokens)
@@ -136,14 +138,14 @@ class LoglikelihoodMixin:
         return {i for i, (ctx, cont) in enumerate(pairs)
                 if min(len(ctx) + len(cont), self.max_length + 1) - 1 > self._window}
 
-    def _plain_reason(self, pairs: list) -> str | None:
-        """Why these requests must run as plain rows (_score_plain), or None for trie rows: what
-        the config rules out, inputs longer than a sliding window (_loglikelihood_tokens runs
-        such inputs apart from the others), or a failed probe (_check_rows, once per backend).
-        The reason is logged once."""
+    def _plain_reason(self, past_window: bool) -> str | None:
+        """Why a call's requests must run as plain rows (_score_plain), or None for trie rows:
+        what the config rules out, a failed probe (_check_rows, once per backend), or
+        `past_window`: they are longer than a sliding window (_beyond_window; the call runs the
+        others apart). The reason is logged once."""
         self._ensure_checked()
         reason = self._rows_reason
-        if reason is None and self._beyond_window(pairs):
+        if reason is None and past_window:
             reason = f"inputs longer than the model's {self._window}-token sliding attention window"
         if reason is not None and reason not in self.plain_reasons:
             self.plain_reasons.append(reason)
@@ -151,7 +153,6 @@ class LoglikelihoodMixin:
                         "forward, as lm-eval's hf backend runs it (same answers, less shared work)", reason)
         if reason is not None:
             self.stats["ll_plain_calls"] += 1
-            self.stats["ll_plain_requests"] += len(pairs)
         return reason
 
     def _ensure_checked(self) -> None:
@@ -174,6 +175,16 @@ class LoglikelihoodMixin:
             log.warning("generation: the probe found this model's position ids or masks handled differently (%s); "
                         "greedy decoding runs through transformers' generate", self._rows_reason)
 
+    def _probe_inputs(self) -> tuple[tuple, dict]:
+        """The probes' inputs (a, b, c) from PROBE_TEXT (128 tokens) and their continuations.
+        a and b share 40 tokens, then b's 12 follow a's 48 in their trie row: wrong masks let b
+        see a's tokens, wrong positions put b 48 places off. The scored tokens are unlikely ones,
+        whose log-probabilities such errors move most (by 3.9-4.1 on SmolLM2, see PROBE_TOL)."""
+        ids = self.tok_encode(PROBE_TEXT)
+        ids = (ids * (128 // max(len(ids), 1) + 1))[:128]
+        a, b, c = tuple(ids[:88]), tuple(ids[:40] + ids[96:108]), tuple(ids[110:122])
+        return (a, b, c), {x: {tuple(x[-3:]): None, tuple(ids[1:3]): None} for x in (a, b, c)}
+
     def _plain_share_ok(self) -> bool:
         """Whether plain rows may continue the model's own KV cache of a shared few-shot prefix:
         a model with a key/value cache whose trie rows were not refused by the probe (a model
@@ -192,10 +203,7 @@ class LoglikelihoodMixin:
         on an error or a difference beyond PROBE_TOL."""
         if self.max_length < 128:
             return False
-        ids = self.tok_encode(PROBE_TEXT)
-        ids = (ids * (128 // max(len(ids), 1) + 1))[:128]
-        a, b = tuple(ids[:88]), tuple(ids[:40] + ids[96:108])
-        conts_of = {x: {tuple(x[-3:]): None, tuple(ids[1:3]): None} for x in (a, b)}
+        (a, b, _), conts_of = self._probe_inputs()
         stats = dict(self.stats)
         try:
             ref = {k: v for x in (a, b) for k, v in self._score_plain([(0, [x])], conts_of)[0]}
@@ -224,13 +232,7 @@ class LoglikelihoodMixin:
         further apart than PROBE_TOL for the model's dtype), else None."""
         if self.max_length < 128:  # the probe's inputs would not fit: trust the config
             return None
-        ids = self.tok_encode(PROBE_TEXT)
-        ids = (ids * (128 // max(len(ids), 1) + 1))[:128]
-        # a and b share 40 tokens, then b's 12 follow a's 48 in their trie row: wrong masks let b
-        # see a's tokens, wrong positions put b 48 places off. The scored tokens are unlikely ones,
-        # whose log-probabilities such errors move most (by 3.9-4.1 on SmolLM2, see PROBE_TOL)
-        a, b, c = tuple(ids[:88]), tuple(ids[:40] + ids[96:108]), tuple(ids[110:122])
-        conts_of = {x: {tuple(x[-3:]): None, tuple(ids[1:3]): None} for x in (a, b, c)}
+        (a, b, c), conts_of = self._probe_inputs()
         try:
             ref = {k: v for x in (a, b, c) for k, v in self._score_plain([(0, [x])], conts_of)[0]}
         except Exception as exc:  # noqa: BLE001 - the plain path is HFLM's call; let it raise later

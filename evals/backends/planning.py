@@ -197,12 +197,13 @@ def plan_loglikelihood(pairs: list, max_length: int, ratio: float, local: bool =
     seqs = sorted(conts_of)
     plan = LoglikelihoodPlan(keys, conts_of, [], [], [], [])
     parts = [x[: len(x) - max(map(len, conts_of[x]))] for x in seqs]
-    distinct = list(dict.fromkeys(parts))
+    share = not plain or (share_plain and not local)
+    distinct = list(dict.fromkeys(parts)) if share else []
     part_keys, part_shared = share_clusters(distinct)
     of_part = {p: (k, s) for p, k, s in zip(distinct, part_keys, part_shared)}
     if plain:
         for x, p in zip(seqs, parts):
-            key, S = of_part[p] if share_plain and not local else (None, 0)
+            key, S = of_part[p] if share else (None, 0)
             plan.rows.append((S, [x]))
             plan.row_keys.append(key)
             plan.lengths.append(len(x))
