@@ -128,8 +128,7 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         self._prefill_share = GEN_PREFILL_SHARE if self._device.type == "cuda" and not explicit else 1.0
         self._widen_prefill = True  # generation batches prefill in groups of similar length (_prefill_groups)
         self.add_bos_token = None
-        self._prefix = None  # (token tuple, KV cache) of the last shared prefix
-        self._prefix_kind = None  # what _prefix_kv built it for ("ll", "gen", "ll_plain")
+        self._prefix = None  # (token tuple, KV cache, kind of work: see _prefix_kv) of the last shared prefix
         self._merge_ratio = merge_ratio(model)  # fixed per model; decides trie row packing
         self._head = HeadScorer(model)  # output layer at scored positions only
         self._recent_enc: OrderedDict = OrderedDict()  # see tok_encode
@@ -251,14 +250,13 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         ("ll" trie rows, "ll_plain" plain rows, "gen" decoding). The last prefix's cache is
         kept, so consecutive batches of one cluster run the prefix once."""
         key = tuple(prefix)
-        if self._prefix is None or self._prefix[0] != key or self._prefix_kind != kind:
+        if self._prefix is None or self._prefix[0] != key or self._prefix[2] != kind:
             self._prefix = None  # free the old one first
             # log-likelihood trie rows run only within the window (_beyond_window); plain rows
             # ("ll_plain") continue the model's own cache, as its forward would build it
             kw = {} if kind == "ll_plain" else self._plain_cache(kind == "ll" or self._within_window)
-            self._prefix_kind = kind
             out = self.model.base_model(input_ids=torch.tensor([prefix], device=self._device), use_cache=True, **kw)
-            self._prefix = (key, out_cache(out))
+            self._prefix = (key, out_cache(out), kind)
             self.stats[f"{kind}_shared_prefix_tokens"] += len(prefix)
             self.stats[f"{kind}_prefix_passes"] += 1
         return self._prefix[1]

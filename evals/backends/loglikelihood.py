@@ -162,18 +162,26 @@ class LoglikelihoodMixin:
         if self._rows_checked:
             return
         self._rows_checked = True
-        stats = dict(self.stats)
-        try:
-            with torch.inference_mode(), attention_kernels(self._device):
-                self._rows_reason = self._check_rows()
-        finally:
-            probe = {k: v for k, v in self.stats.items() if k.startswith("ll_probe")}
-            self.stats.clear()
-            self.stats.update(stats, **probe)
+        with self._probing():
+            self._rows_reason = self._check_rows()
         if self._rows_reason is not None:
             self._probe_failed = True
             log.warning("generation: the probe found this model's position ids or masks handled differently (%s); "
                         "greedy decoding runs through transformers' generate", self._rows_reason)
+
+    @contextlib.contextmanager
+    def _probing(self):
+        """A probe's work: in inference mode under the device's attention kernels, its stats
+        dropped (but its own ll_probe_* figures) and its prefix cache freed afterwards."""
+        stats = dict(self.stats)
+        try:
+            with torch.inference_mode(), attention_kernels(self._device):
+                yield
+        finally:
+            probe = {k: v for k, v in self.stats.items() if k.startswith("ll_probe")}
+            self.stats.clear()
+            self.stats.update(stats, **probe)
+            self._prefix = None
 
     def _probe_inputs(self) -> tuple[tuple, dict]:
         """The probes' inputs (a, b, c) from PROBE_TEXT (128 tokens) and their continuations.
@@ -193,18 +201,17 @@ class LoglikelihoodMixin:
         if self._plain_share is None:
             self._plain_share = False
             if self._kv_decode and not self._probe_failed:
-                with torch.inference_mode(), attention_kernels(self._device):
+                with self._probing():
                     self._plain_share = self._check_plain_prefix()
         return self._plain_share
 
     def _check_plain_prefix(self) -> bool:
-        """Probe: two of _check_rows's inputs (a 40-token common prefix) scored as plain rows that
-        continue the model's own cache of that prefix, against each scored whole. False (logged)
-        on an error or a difference beyond PROBE_TOL."""
+        """Probe (run under _probing): two of _check_rows's inputs (a 40-token common prefix)
+        scored as plain rows that continue the model's own cache of that prefix, against each
+        scored whole. False (logged) on an error or a difference beyond PROBE_TOL."""
         if self.max_length < 128:
             return False
         (a, b, _), conts_of = self._probe_inputs()
-        stats = dict(self.stats)
         try:
             ref = {k: v for x in (a, b) for k, v in self._score_plain([(0, [x])], conts_of)[0]}
             got = {k: v for row in self._score_plain([(40, [a]), (40, [b])], conts_of) for k, v in row}
@@ -215,10 +222,6 @@ class LoglikelihoodMixin:
             diff, why = float("nan"), f"{type(exc).__name__}: {first_line(exc)[:120]}"
         else:
             why = f"log-likelihoods {diff:.2g} apart"
-        finally:
-            self._prefix = None
-            self.stats.clear()
-            self.stats.update(stats)
         if diff <= PROBE_TOL.get(self.model.dtype, PROBE_TOL[None]):  # NaN fails too
             return True
         log.warning("log-likelihood: plain rows run their few-shot prefix each (continuing the model's own "
