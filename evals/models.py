@@ -12,6 +12,7 @@ import yaml
 
 from evals import paths
 from evals.errors import ModelError, first_line
+from evals.memory import available_on, check_weights_fit, gguf_surely_fits
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -96,8 +97,9 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
     device, dtype = pick_device(device, dtype)
     torch_dtype = getattr(torch, dtype)
     if source["source"] == "random":
-        from evals.random_model import build_random
+        from evals.random_model import build_random, load_preset, preset_config
 
+        check_weights_fit(preset_config(load_preset(source["preset"])), f"random:{source['preset']}", device, dtype)
         model, tokenizer, extra = build_random(source["preset"], torch_dtype, device)
         info = {**source, **extra}
     else:
@@ -112,7 +114,7 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
 def _load_pretrained(source: dict, device: str, torch_dtype, trust_remote_code: bool = False) -> tuple:
     """Load a GGUF file, a local folder or a hub model with transformers."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {"dtype": torch_dtype}
     if trust_remote_code:
@@ -128,9 +130,15 @@ def _load_pretrained(source: dict, device: str, torch_dtype, trust_remote_code: 
         fingerprint = None
     if source.get("device_map") and device.startswith("cuda"):
         kwargs["device_map"] = source["device_map"]
+    files = {k: v for k, v in kwargs.items() if k in ("gguf_file", "revision", "trust_remote_code")}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            where, **{k: v for k, v in kwargs.items() if k in ("gguf_file", "revision", "trust_remote_code")})
+        # the weights must fit (a CPU load larger than the memory is killed by Linux, uncaught):
+        # counted from the config, read first (a GGUF file's only when its size leaves a doubt)
+        if "device_map" not in kwargs and not (source["source"] == "gguf" and gguf_surely_fits(
+                source["path"], torch_dtype, available_on(device))):
+            check_weights_fit(AutoConfig.from_pretrained(where, **files), source.get("path", where), device,
+                              torch_dtype, trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(where, **files)
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except torch.OutOfMemoryError as exc:
         raise ModelError(f"out of memory loading {where} on {device}: use a smaller dtype, more GPUs or a smaller model") from exc

@@ -34,6 +34,20 @@ def load_preset(name: str) -> dict:
     return spec
 
 
+def preset_config(spec: dict, tok=None):
+    """The transformers config of a preset (from load_preset); with the tokenizer `tok`, its
+    vocabulary at least the tokenizer's and its special tokens the tokenizer's."""
+    from transformers import AutoConfig
+
+    kwargs = dict(spec["config"])
+    if tok is not None:
+        kwargs["vocab_size"] = max(int(kwargs.get("vocab_size", 0)), len(tok))
+        kwargs.setdefault("bos_token_id", tok.bos_token_id)
+        kwargs.setdefault("eos_token_id", tok.eos_token_id)
+        kwargs.setdefault("pad_token_id", tok.pad_token_id)
+    return AutoConfig.for_model(spec["model_type"], **kwargs)
+
+
 TOKENIZER_ENV = "PHI2EVAL_TOKENIZER"
 
 
@@ -59,17 +73,12 @@ def build_random(preset_name: str, dtype: torch.dtype | str = "float32", device:
     The vocabulary is max(preset vocab, len(tokenizer)); weights are initialised with the
     preset's seed on `device` in `dtype`.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     spec = load_preset(preset_name)
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     tok = embedded_tokenizer()
-    kwargs = dict(spec["config"])
-    kwargs["vocab_size"] = max(int(kwargs.get("vocab_size", 0)), len(tok))
-    kwargs.setdefault("bos_token_id", tok.bos_token_id)
-    kwargs.setdefault("eos_token_id", tok.eos_token_id)
-    kwargs.setdefault("pad_token_id", tok.pad_token_id)
-    config = AutoConfig.for_model(spec["model_type"], **kwargs)
+    config = preset_config(spec, tok)
     config._attn_implementation = "sdpa"
     torch.manual_seed(int(spec.get("seed", 0)))
     with torch.device(device):
@@ -88,7 +97,7 @@ def build_random(preset_name: str, dtype: torch.dtype | str = "float32", device:
         "n_params": n_params,
         "dtype": str(dtype).replace("torch.", ""),
         "device": str(torch.device(device)),
-        "max_length": int(kwargs.get("max_position_embeddings", 2048)),
+        "max_length": int(spec["config"].get("max_position_embeddings", 2048)),
         "seed": int(spec.get("seed", 0)),
         "random_weights": True,
         "note": "random weights: scores are meaningless; for speed and memory only",

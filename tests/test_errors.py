@@ -148,6 +148,14 @@ class CPUOOMLM(LM):
     loglikelihood_rolling = generate_until = loglikelihood
 
 
+def test_weights_larger_than_the_memory(world, capsys, monkeypatch):
+    """Refused from the config before the load (a CPU load past the memory is killed by Linux, uncaught)."""
+    monkeypatch.setattr("evals.memory.available_on", lambda device: 1 << 20)
+    err = fails(world, capsys, "arc_easy", "--model", "random:tiny-phi")
+    assert err.startswith("phi2eval: error: random:tiny-phi needs 0.0 GiB for its 0.01B weights in float32, but cpu "
+                          "has 0.0 GiB available: use a smaller model or a machine with more memory")
+
+
 def test_cpu_out_of_memory(world, capsys, monkeypatch):
     fake_model(monkeypatch, CPUOOMLM())
     err = fails(world, capsys, "arc_easy")

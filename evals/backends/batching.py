@@ -57,18 +57,6 @@ def kv_bytes_per_token(config, bytes_per_value: int = 2) -> int | None:
     return 2 * layers * kv_heads * head_dim * bytes_per_value
 
 
-def available_memory_bytes() -> int | None:
-    """Memory the system can still give this process (MemAvailable in /proc/meminfo), or None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def is_oom(exc: BaseException) -> bool:
     """True for torch's out-of-memory error, or a RuntimeError that says 'out of memory' (CUDA)
     or "can't allocate memory" (the CPU allocator: `DefaultCPUAllocator: can't allocate memory:

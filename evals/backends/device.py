@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from evals.backends.batching import MAX_TOKENS, available_memory_bytes, kv_bytes_per_token
+from evals.backends.batching import MAX_TOKENS, kv_bytes_per_token
+from evals.memory import available_memory_bytes
 
 # A decoding step has a fixed cost (reading the weights on a CPU, launching kernels on a GPU)
 # and each row adds the reads of its KV cache, so generation batches are larger than

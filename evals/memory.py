@@ -1,0 +1,146 @@
+"""Memory: what this process may still allocate, and whether a model's weights fit before it loads.
+
+A model whose weights do not fit in the CPU's memory is not refused by the allocator: Linux grants
+the pages, then its out-of-memory killer ends the process ("Killed", exit 137), which no Python
+code can catch. `check_weights_fit` counts the weights on the meta device (no memory) before the
+load and refuses, in one line, only a load that cannot succeed: weights alone larger than the
+memory available. Anything it cannot count (a quantised checkpoint, a config it cannot read) is
+let through to the load, which says what went wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from evals.errors import ModelError
+
+GIB = 1 << 30
+UNLIMITED = 1 << 60  # cgroup limits at or above this mean "no limit"
+# a GGUF file holds at least 1.5 bits per weight (IQ1_S, the smallest quantisation): an upper
+# bound on its weight count without parsing it (parsing takes seconds: the tokenizer is in it)
+GGUF_MIN_BITS_PER_WEIGHT = 1.5
+
+
+def available_memory_bytes(cgroup_root: str = "/sys/fs/cgroup", proc: str = "/proc") -> int | None:
+    """Memory this process can still get: MemAvailable in /proc/meminfo, lowered to what its cgroup's
+    limit leaves (v2 memory.max, v1 memory.limit_in_bytes, less the usage that is not reclaimable
+    file cache) in a container; None where neither is readable."""
+    found = [v for v in (_meminfo_available(proc), _cgroup_available(Path(cgroup_root), proc)) if v is not None]
+    return min(found) if found else None
+
+
+def _meminfo_available(proc: str) -> int | None:
+    try:
+        with open(f"{proc}/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (v2: no limit) -> None
+
+
+def _inactive_file(stat: Path, key: str) -> int:
+    try:
+        for line in stat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
+
+
+def _cgroup_available(root: Path, proc: str) -> int | None:
+    """limit - (usage - inactive file cache) of this process's memory cgroup, or None (no limit or no cgroup)."""
+    try:
+        lines = Path(f"{proc}/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        path = path.strip("/")
+        if controllers == "":  # v2
+            files = ("memory.max", "memory.current", "memory.stat", "inactive_file")
+            bases = [root / path, root] if path else [root]
+        elif "memory" in controllers.split(","):  # v1
+            files = ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file")
+            bases = [root / "memory" / path, root / "memory"] if path else [root / "memory"]
+        else:
+            continue
+        for base in bases:  # inside a container the cgroup's own folder is often mounted as the root
+            limit, usage = _read_int(base / files[0]), _read_int(base / files[1])
+            if limit is None or usage is None:
+                continue
+            if limit >= UNLIMITED:
+                break
+            return max(0, limit - max(0, usage - _inactive_file(base / files[2], files[3])))
+    return None
+
+
+def weight_count(config, trust_remote_code: bool = False) -> int | None:
+    """Parameters of the causal LM `config` describes, built on the meta device (no memory, no
+    weights read); None if the config is quantised or cannot be built."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if getattr(config, "quantization_config", None):
+        return None  # the checkpoint's own format decides its size
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - an unknown architecture is the load's to report
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def available_on(device: str) -> int | None:
+    """Bytes free for new tensors on `device`: the GPU's free memory on CUDA, else the CPU's available memory."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0] if torch.cuda.is_available() else None
+    return available_memory_bytes()
+
+
+def _dtype(dtype):
+    """A torch dtype from its name or itself."""
+    import torch
+
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def gguf_surely_fits(path: str, dtype, available: int | None) -> bool:
+    """True if a GGUF file's weights fit in `available` bytes once dequantised to `dtype` (a torch
+    dtype or its name) even at the densest quantisation (its size tells; its config takes seconds)."""
+    bound = os.path.getsize(path) * 8 / GGUF_MIN_BITS_PER_WEIGHT * _dtype(dtype).itemsize
+    return not available or bound <= available
+
+
+def check_weights_fit(config, where: str, device: str, dtype, trust_remote_code: bool = False,
+                      available: int | None = None) -> None:
+    """Raise ModelError, one line naming a dtype that would fit, if the weights `config` describes
+    are larger in `dtype` (a torch dtype or its name) than the memory available on `device`
+    (`available` overrides the measurement); weights that cannot be counted pass."""
+    available = available_on(device) if available is None else available
+    if not available:
+        return
+    itemsize = _dtype(dtype).itemsize
+    dtype = str(_dtype(dtype)).removeprefix("torch.")
+    count = weight_count(config, trust_remote_code)
+    if count is None or count * itemsize <= available:
+        return
+    half = itemsize > 2 and count * 2 <= available
+    hint = f"--dtype bfloat16 ({count * 2 / GIB:.1f} GiB), " if half else ""
+    raise ModelError(f"{where} needs {count * itemsize / GIB:.1f} GiB for its {count / 1e9:.2f}B weights in {dtype}, "
+                     f"but {device} has {available / GIB:.1f} GiB available: use {hint}a smaller model or a machine "
+                     "with more memory")
