@@ -152,7 +152,7 @@ def test_weights_larger_than_the_memory(world, capsys, monkeypatch):
     """Refused from the config before the load (a CPU load past the memory is killed by Linux, uncaught)."""
     monkeypatch.setattr("evals.memory.available_on", lambda device: 1 << 20)
     err = fails(world, capsys, "arc_easy", "--model", "random:tiny-phi")
-    assert err.startswith("phi2eval: error: random:tiny-phi needs 0.0 GiB for its 0.01B weights in float32, but cpu "
+    assert err.startswith("phi2eval: error: random:tiny-phi needs 0.0 GiB to load its 0.01B weights in float32, but cpu "
                           "has 0.0 GiB available: use a smaller model or a machine with more memory")
 
 

