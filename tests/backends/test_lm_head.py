@@ -30,7 +30,10 @@ def _reference(head, h, slots, targets, softcap=None):
 @pytest.mark.parametrize("chunk,rows", [(1024, 16), (8, 4), (6, 3), (5, 3), (4, 7)])
 def test_score_equals_log_softmax(monkeypatch, bias, softcap, chunk, rows):
     """Pairs in any order, several per position, chunks and slices with ragged ends: the same
-    float32 numbers and greedy flags as one log-softmax and argmax over all logits."""
+    float32 numbers and greedy flags as one log-softmax and argmax over all logits. (The same to
+    the last bits where the output layer's product over a chunk's rows gives the bits of the
+    product over all rows; on an AMD EPYC it does not, 1e-6 apart, so the numbers are compared
+    to 1e-5.)"""
     monkeypatch.setattr(lm_head, "LOGIT_CHUNK", chunk)
     monkeypatch.setattr(lm_head, "LSE_ROWS", rows)
     torch.manual_seed(0)
@@ -46,7 +49,7 @@ def test_score_equals_log_softmax(monkeypatch, bias, softcap, chunk, rows):
     with torch.inference_mode():
         got, greedy = scorer.score(h, slots, targets)
         ref, ref_greedy = _reference(head, h, slots, targets, softcap)
-    assert torch.equal(got, ref)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
     assert torch.equal(greedy, ref_greedy)
 
 
