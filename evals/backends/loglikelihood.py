@@ -30,7 +30,8 @@
     the inputs longer than the window run so (_beyond_window); the others take trie rows. The
     reason is logged once. Plain rows of a few-shot cluster continue the model's own KV cache
     of its prefix, run once per cluster, where the model has a KV cache and a second probe
-    (_check_plain_prefix) finds the continuation giving the whole input's answers. A model
+    (_check_plain_prefix) finds the continuation giving the whole input's answers, and so does
+    the first real row that continues one (_score_plain_checked). A model
     that fails the probe also decodes through transformers' generate (greedy decoding gives
     its own position ids and masks too).
 """
@@ -111,7 +112,7 @@ class LoglikelihoodMixin:
                                   if self.pool_clusters else 0, plain=reason is not None,
                                   share_plain=reason is not None and self._plain_share_ok())
         rows, conts_of = plan.rows, plan.conts_of
-        score = self._score_rows if reason is None else self._score_plain
+        score = self._score_rows if reason is None else self._score_plain_checked
         try:
             with torch.inference_mode(), attention_kernels(self._device):
                 per_row = run_batched(plan.lengths, lambda ix: score([rows[i] for i in ix], conts_of),
@@ -199,10 +200,11 @@ class LoglikelihoodMixin:
         that mishandles position ids would mishandle a cache's too), and whose cached
         continuation gives its full forward's log-likelihoods on a probe (checked once)."""
         if self._plain_share is None:
-            self._plain_share = False
+            ok = False
             if self._kv_decode and not self._probe_failed:
                 with self._probing():
-                    self._plain_share = self._check_plain_prefix()
+                    ok = self._check_plain_prefix()
+            self._plain_share = ok
         return self._plain_share
 
     def _check_plain_prefix(self) -> bool:
@@ -278,6 +280,8 @@ class LoglikelihoodMixin:
         dev = self._device
         S = rows[0][0]
         seqs = [row_seqs[0] for _, row_seqs in rows]
+        if S and self._plain_share is False:  # refused by _check_plain_row during this call: each row whole
+            return [self._score_plain([(0, [x])], conts_of)[0] for x in seqs]
         own = [x[S:] for x in seqs]
         B, T = len(own), max(map(len, own))
         ids = torch.full((B, T), self.tokenizer.pad_token_id or 0, dtype=torch.long)
@@ -302,6 +306,28 @@ class LoglikelihoodMixin:
                 lp = lpc.gather(-1, tgt[:, None]).sum().item()
                 out[b].append(((x, c), (float(lp), bool((lpc.argmax(-1) == tgt).all()))))
         return out
+
+    def _score_plain_checked(self, rows: list[tuple[int, list[tuple]]], conts_of: dict) -> list:
+        """_score_plain, checking the first real row that continued a prefix's cache, once per
+        backend within a sliding window and once past it (or without one): scored again whole,
+        it must give the same log-likelihoods (to PROBE_TOL), for the probe's short text
+        reaches neither a real window nor real content. Else sharing stops (logged) and this
+        batch's rows, like the rest, run whole."""
+        out = self._score_plain(rows, conts_of)
+        x = rows[0][1][0]
+        past = self._window is not None and len(x) - 1 > self._window
+        if not rows[0][0] or past in self._plain_rows_checked:
+            return out
+        self._plain_rows_checked.add(past)
+        self.stats["ll_plain_row_checks"] += 1
+        ref = dict(self._score_plain([(0, [x])], conts_of)[0])
+        diff = max(abs(ref[k][0] - ans[0]) for k, ans in out[0])
+        if diff <= PROBE_TOL.get(self.model.dtype, PROBE_TOL[None]):
+            return out
+        self._plain_share = False
+        log.warning("log-likelihood: plain rows run their few-shot prefix each from now on (continuing the "
+                    "model's own cache of it put a real input's log-likelihoods %.2g from its whole forward)", diff)
+        return self._score_plain(rows, conts_of)
 
     def _score_rows(self, rows: list[tuple[int, list[tuple]]], conts_of: dict) -> list[list[tuple[tuple, tuple[float, bool]]]]:
         """One forward over trie rows (shared length S, sorted sequences); returns per row

@@ -125,6 +125,39 @@ def test_a_prefix_cache_that_changes_the_answers_is_not_shared(tok, monkeypatch,
     assert lm.stats["ll_plain_prefix_passes"] == 0 and "plain rows run their few-shot prefix each" in caplog.text
 
 
+@pytest.mark.parametrize("model_type", ["gemma3_text", "bloom"])
+def test_a_real_row_that_a_shared_prefix_changes_stops_the_sharing(model_type, tok, monkeypatch, caplog):
+    """The probe's prefix is 40 tokens; a cache that is wrong only for longer prefixes (here: its
+    first half replaced by token 0) passes it. The first real row of a shared prefix, scored
+    again whole, shows the difference: the sharing stops, one line says so, and the answers are
+    HFLM's (past Gemma 3's 100-token window; BLOOM has none). Without that check they are not."""
+    from lm_eval.models.huggingface import HFLM
+
+    real = FastLM._prefix_kv
+
+    def wrong_when_long(self, prefix, kind):
+        half = len(prefix) // 2
+        bad = kind == "ll_plain" and len(prefix) > 60
+        return real(self, [0] * half + list(prefix[half:]) if bad else prefix, kind)
+
+    monkeypatch.setattr(FastLM, "_prefix_kv", wrong_when_long)
+    model = tiny(model_type, tok)
+    hf = HFLM(pretrained=model, tokenizer=tok, batch_size=8, max_length=2048, device="cpu")
+    reqs = ll_requests()
+    want = hf.loglikelihood(reqs, disable_tqdm=True)
+    lm = FastLM(model, tok, max_length=2048)
+    with caplog.at_level(logging.WARNING, logger="evals.backends"):
+        assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), want)
+        assert_same_ll(lm.loglikelihood(reqs, disable_tqdm=True), want)  # the next call shares nothing
+    assert lm._plain_share is False and lm.stats["ll_plain_row_checks"] == 1
+    assert caplog.text.count("plain rows run their few-shot prefix each from now on") == 1
+    unchecked = FastLM(model, tok, max_length=2048)
+    monkeypatch.setattr(unchecked, "_score_plain_checked", unchecked._score_plain)
+    got = unchecked.loglikelihood(reqs, disable_tqdm=True)
+    assert unchecked.stats["ll_plain_prefix_passes"] > 0
+    assert max(abs(g[0] - w[0]) for g, w in zip(got, want)) > 1e-3
+
+
 def test_a_model_that_ignores_position_ids_runs_plain_rows(smol, hf_lm, monkeypatch, caplog):
     """The probe finds what the config does not say: here a model whose forward drops the
     position ids trie rows need. Its answers are HFLM's, through plain rows."""
