@@ -69,7 +69,10 @@ def _cgroup_available(root: Path, proc: str) -> int | None:
     except OSError:
         return None
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
         path = path.strip("/")
         if controllers == "":  # v2
             files = ("memory.max", "memory.current", "memory.stat", "inactive_file")
@@ -153,6 +156,7 @@ def check_weights_fit(config, where: str, device: str, dtype, trust_remote_code:
     count = weight_count(config, trust_remote_code)
     if count is None:
         return
+
     def need(size: int) -> int:  # on a GPU only the converted weights land (the load runs on the CPU)
         return count * size if device.startswith("cuda") else load_bytes(count, size, gguf)
 

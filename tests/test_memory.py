@@ -58,6 +58,11 @@ def test_a_limit_above_the_machine_leaves_meminfo(tmp_path):
     assert available_memory_bytes(root, proc) == 5 * GIB
 
 
+def test_a_malformed_cgroup_line_is_skipped(tmp_path):
+    root, proc = fake_machine(tmp_path, "garbage\n0::/", {"memory.max": str(2 * GIB), "memory.current": "0"})
+    assert available_memory_bytes(root, proc) == 2 * GIB
+
+
 def test_nothing_readable_is_none(tmp_path):
     assert available_memory_bytes(str(tmp_path / "none"), str(tmp_path / "none")) is None
 

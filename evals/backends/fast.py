@@ -151,7 +151,7 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         self._rows_checked = self._rows_reason is not None  # _check_rows runs once, if needed
         self._probe_failed = False  # the probe found trie rows wrong: decoding uses generate too
         self._plain_share: bool | None = None  # plain rows may continue a prefix's cache (_plain_share_ok)
-        self._plain_rows_checked: set[bool] = set()  # _check_plain_row: done within / past the window
+        self._plain_rows_checked: set[bool] = set()  # _score_plain_checked: done within / past the window
         self.plain_reasons: list[str] = []  # why log-likelihood ran plain rows (_plain_reason), once each
         # log-likelihood rows run unpadded (packed_attention.py) where the model allows it
         self._n_layers = getattr(model.config, "num_hidden_layers", None)

@@ -280,7 +280,7 @@ class LoglikelihoodMixin:
         dev = self._device
         S = rows[0][0]
         seqs = [row_seqs[0] for _, row_seqs in rows]
-        if S and self._plain_share is False:  # refused by _check_plain_row during this call: each row whole
+        if S and self._plain_share is False:  # refused by _score_plain_checked in this call: each row whole
             return [self._score_plain([(0, [x])], conts_of)[0] for x in seqs]
         own = [x[S:] for x in seqs]
         B, T = len(own), max(map(len, own))
@@ -318,9 +318,9 @@ class LoglikelihoodMixin:
         past = self._window is not None and len(x) - 1 > self._window
         if not rows[0][0] or past in self._plain_rows_checked:
             return out
+        ref = dict(self._score_plain([(0, [x])], conts_of)[0])  # out of memory: the retried batch checks
         self._plain_rows_checked.add(past)
         self.stats["ll_plain_row_checks"] += 1
-        ref = dict(self._score_plain([(0, [x])], conts_of)[0])
         diff = max(abs(ref[k][0] - ans[0]) for k, ans in out[0])
         if diff <= PROBE_TOL.get(self.model.dtype, PROBE_TOL[None]):
             return out
