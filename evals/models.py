@@ -135,11 +135,11 @@ def _load_pretrained(source: dict, device: str, torch_dtype, trust_remote_code: 
         # the weights must fit (a CPU load larger than the memory is killed by Linux, uncaught):
         # counted from the config, read first (a GGUF file's only when its size leaves a doubt);
         # the memory is measured before the config is read, as load_bytes was calibrated
-        free = available_on(device)
-        if "device_map" not in kwargs and not (source["source"] == "gguf" and gguf_surely_fits(
-                source["path"], torch_dtype, free)):
-            check_weights_fit(AutoConfig.from_pretrained(where, **files), source.get("path", where), device,
-                              torch_dtype, trust_remote_code, available=free, gguf=source["source"] == "gguf")
+        if "device_map" not in kwargs:  # (a model spread over devices is accelerate's to place)
+            free, gguf = available_on(device), source["source"] == "gguf"
+            if not (gguf and gguf_surely_fits(source["path"], torch_dtype, free)):
+                check_weights_fit(AutoConfig.from_pretrained(where, **files), source.get("path", where), device,
+                                  torch_dtype, trust_remote_code, available=free, gguf=gguf)
         tokenizer = AutoTokenizer.from_pretrained(where, **files)
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except torch.OutOfMemoryError as exc:
