@@ -70,6 +70,24 @@ def setup(device: str | None) -> World:
     return world
 
 
+def shared_memory(world: World, device: str) -> tuple[int | None, int]:
+    """(memory available, processes loading into it) for this process's model load. On the CPU with
+    several processes, every process measures before any loads and all take the least measured
+    (every process must call it, so that they all decide alike) and the processes of one machine;
+    else (None, 1): the load measures its own device."""
+    if world.size <= 1 or device.startswith("cuda"):
+        return None, 1
+    import torch
+    import torch.distributed as dist
+
+    from evals.memory import available_memory_bytes
+
+    mine = available_memory_bytes()
+    least = torch.tensor([-1 if mine is None else mine], dtype=torch.int64)
+    dist.all_reduce(least, op=dist.ReduceOp.MIN)
+    return (None if least.item() < 0 else least.item()), world.local_size
+
+
 def teardown() -> None:
     """Leave the process group (no-op for a single process)."""
     import torch.distributed as dist

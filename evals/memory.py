@@ -7,7 +7,9 @@ load and refuses, in one line, a load that needs more than the memory available 
 a lower bound). A checkpoint already in the requested dtype is mapped from its file, so it might
 load past the memory, but every forward pass would then read its weights from disk again: it is
 refused too. Anything it cannot count (a quantised checkpoint, a config it cannot read) is let
-through to the load, which says what went wrong.
+through to the load, which says what went wrong. Several processes of one machine (CPU data
+parallel) load their copies at once: their need is counted together, against the least memory
+any of them measured before any loaded (evals/distributed.py: `shared_memory`).
 """
 
 from __future__ import annotations
@@ -124,46 +126,71 @@ def _dtype(dtype):
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def gguf_surely_fits(path: str, dtype, available: int | None) -> bool:
+def gguf_surely_fits(path: str, dtype, available: int | None, copies: int = 1) -> bool:
     """True if a GGUF file loads into `dtype` (a torch dtype or its name) within `available` bytes
-    even at the densest quantisation (its size tells; reading its config takes seconds)."""
-    bound = load_bytes(int(os.path.getsize(path) * 8 / GGUF_MIN_BITS_PER_WEIGHT), _dtype(dtype).itemsize, gguf=True)
+    even at the densest quantisation, in each of `copies` processes at once (its size tells;
+    reading its config takes seconds)."""
+    bound = load_bytes(int(os.path.getsize(path) * 8 / GGUF_MIN_BITS_PER_WEIGHT), _dtype(dtype).itemsize, gguf=True,
+                       copies=copies)
     return not available or bound <= available
 
 
-def load_bytes(count: int, itemsize: int, gguf: bool = False) -> int:
+def load_bytes(count: int, itemsize: int, gguf: bool = False, copies: int = 1, mapped: bool = False) -> int:
     """Bytes a CPU load of `count` weights into a dtype of `itemsize` bytes needs, at least (a lower
     bound, so that a refusal is sure): the weights; for a GGUF file, dequantised through float32
     tensors, 2 more bytes per weight. Measured in a memory cgroup on SmolLM2-135M's 134.5M
     weights, loaded and run on 5 ARC-Easy questions (the memory already used at the check
     subtracted): its GGUF file needed 770-820 MiB as float32 (count x 6: 770 MiB) and 520-570 MiB
     as bfloat16 (count x 4: 513 MiB); a bfloat16 folder loaded as float32 needed 670-770 MiB
-    (count x 4: 513 MiB), a float32 folder as float32 under 420 MiB (its file is mapped, not copied)."""
-    return count * (itemsize + (2 if gguf else 0))
+    (count x 4: 513 MiB), a float32 folder as float32 under 420 MiB (its file is mapped, not copied).
+
+    `copies` processes loading at once on one machine (CPU data parallel) each keep their own
+    weights in the end, one load at its peak: copies - 1 more times the weights, unless they are
+    `mapped` from one file (a checkpoint already in the dtype), whose pages the processes share."""
+    one = count * (itemsize + (2 if gguf else 0))
+    return one if mapped else one + (copies - 1) * count * itemsize
+
+
+def checkpoint_mapped(config, dtype) -> bool:
+    """Whether a checkpoint `config` describes may be mapped from its file when loaded in `dtype`:
+    it is stored in that dtype, or its config does not say (then the smaller need is assumed)."""
+    stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return stored is None or _dtype(stored) == _dtype(dtype)
 
 
 def check_weights_fit(config, where: str, device: str, dtype, trust_remote_code: bool = False,
-                      available: int | None = None, gguf: bool = False) -> None:
-    """Raise ModelError, one line naming a dtype that would fit, if loading the weights `config`
-    describes in `dtype` (a torch dtype or its name) needs more than the memory available on
-    `device` (load_bytes on the CPU, for a GGUF file if `gguf`; the weights on a GPU);
-    `available` overrides the measurement; weights that cannot be counted pass."""
+                      available: int | None = None, gguf: bool = False, copies: int = 1,
+                      mapped: bool | None = None) -> None:
+    """Raise ModelError, one line naming a dtype (or fewer processes) that would fit, if loading the
+    weights `config` describes in `dtype` (a torch dtype or its name) needs more than the memory
+    available on `device` (load_bytes on the CPU, for a GGUF file if `gguf`, in each of `copies`
+    processes of this machine, sharing the file's pages if `mapped`, by default when the
+    checkpoint is in `dtype`; the weights on a GPU); `available` overrides the measurement;
+    weights that cannot be counted pass."""
     available = available_on(device) if available is None else available
     if not available:
         return
     itemsize = _dtype(dtype).itemsize
-    dtype = str(_dtype(dtype)).removeprefix("torch.")
     count = weight_count(config, trust_remote_code)
     if count is None:
         return
+    cuda = device.startswith("cuda")
+    copies = 1 if cuda else max(1, copies)
 
-    def need(size: int) -> int:  # on a GPU only the converted weights land (the load runs on the CPU)
-        return count * size if device.startswith("cuda") else load_bytes(count, size, gguf)
+    def need(dt, n: int = copies) -> int:  # on a GPU only the converted weights land (the load runs on the CPU)
+        size = _dtype(dt).itemsize
+        if cuda:
+            return count * size
+        shared = (not gguf and checkpoint_mapped(config, dt)) if mapped is None else mapped
+        return load_bytes(count, size, gguf, n, shared)
 
-    if need(itemsize) <= available:
+    if need(dtype) <= available:
         return
-    half = need(2)
-    hint = f"--dtype bfloat16 ({half / GIB:.1f} GiB), " if itemsize > 2 and half <= available else ""
-    raise ModelError(f"{where} needs {need(itemsize) / GIB:.1f} GiB to load its {count / 1e9:.2f}B weights in {dtype}, "
-                     f"but {device} has {available / GIB:.1f} GiB available: use {hint}a smaller model or a machine "
-                     "with more memory")
+    hints = [f"--dtype bfloat16 ({need('bfloat16') / GIB:.1f} GiB)"] if itemsize > 2 and need("bfloat16") <= available else []
+    if copies > 1 and need(dtype, 1) <= available:
+        hints.append(f"fewer processes per machine ({need(dtype, 1) / GIB:.1f} GiB for one)")
+    name = str(_dtype(dtype)).removeprefix("torch.")
+    at_once = f" in {copies} processes at once" if copies > 1 else ""
+    raise ModelError(f"{where} needs {need(dtype) / GIB:.1f} GiB to load its {count / 1e9:.2f}B weights in {name}{at_once}, "
+                     f"but {device} has {available / GIB:.1f} GiB available: use {''.join(h + ', ' for h in hints)}"
+                     "a smaller model or a machine with more memory")

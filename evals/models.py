@@ -88,9 +88,10 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[st
 
 
 def load_model(spec: str, device: str | None = None, dtype: str | None = None,
-               trust_remote_code: bool = False) -> LoadedModel:
+               trust_remote_code: bool = False, memory: tuple[int | None, int] = (None, 1)) -> LoadedModel:
     """Load the model and tokenizer named by `spec` on `device` in `dtype` (auto when None);
-    `trust_remote_code` lets a hub repository or folder run its own modelling code."""
+    `trust_remote_code` lets a hub repository or folder run its own modelling code; `memory`:
+    (bytes available, processes loading a copy into them at once), None to measure the device."""
     import torch
 
     source = resolve(spec)
@@ -99,11 +100,12 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
     if source["source"] == "random":
         from evals.random_model import build_random, load_preset, preset_config
 
-        check_weights_fit(preset_config(load_preset(source["preset"])), f"random:{source['preset']}", device, dtype)
+        check_weights_fit(preset_config(load_preset(source["preset"])), f"random:{source['preset']}", device, dtype,
+                          available=memory[0], copies=memory[1], mapped=False)
         model, tokenizer, extra = build_random(source["preset"], torch_dtype, device)
         info = {**source, **extra}
     else:
-        model, tokenizer, info = _load_pretrained(source, device, torch_dtype, trust_remote_code)
+        model, tokenizer, info = _load_pretrained(source, device, torch_dtype, trust_remote_code, memory)
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -111,8 +113,9 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None,
     return LoadedModel(model, tokenizer, info)
 
 
-def _load_pretrained(source: dict, device: str, torch_dtype, trust_remote_code: bool = False) -> tuple:
-    """Load a GGUF file, a local folder or a hub model with transformers."""
+def _load_pretrained(source: dict, device: str, torch_dtype, trust_remote_code: bool = False,
+                     memory: tuple[int | None, int] = (None, 1)) -> tuple:
+    """Load a GGUF file, a local folder or a hub model with transformers (`memory` as for load_model)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -136,10 +139,11 @@ def _load_pretrained(source: dict, device: str, torch_dtype, trust_remote_code: 
         # counted from the config, read first (a GGUF file's only when its size leaves a doubt);
         # the memory is measured before the config is read, as load_bytes was calibrated
         if "device_map" not in kwargs:  # (a model spread over devices is accelerate's to place)
-            free, gguf = available_on(device), source["source"] == "gguf"
-            if not (gguf and gguf_surely_fits(source["path"], torch_dtype, free)):
+            (free, copies), gguf = memory, source["source"] == "gguf"
+            free = available_on(device) if free is None else free
+            if not (gguf and gguf_surely_fits(source["path"], torch_dtype, free, copies)):
                 check_weights_fit(AutoConfig.from_pretrained(where, **files), source.get("path", where), device,
-                                  torch_dtype, trust_remote_code, available=free, gguf=gguf)
+                                  torch_dtype, trust_remote_code, available=free, gguf=gguf, copies=copies)
         tokenizer = AutoTokenizer.from_pretrained(where, **files)
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except torch.OutOfMemoryError as exc:

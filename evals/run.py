@@ -143,7 +143,7 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     from evals import cache as request_cache
     from evals import distributed
     from evals.backends import check_options, make_lm
-    from evals.models import load_model, resolve, slug
+    from evals.models import load_model, pick_device, resolve, slug
 
     benches = config.select(names)
     check_options(opts.backend, opts.static_cache, opts.cuda_graphs)
@@ -162,8 +162,9 @@ def run(names: list[str], opts: RunOptions, log=print) -> list[Path]:
     label = f" on a subset (limit {opts.limit} per task)" if opts.limit else ""
     log(f"phi2eval: {len(benches)} benchmark(s){label}; data from {data_dir or 'the Hugging Face hub'}")
     t0 = time.time()
-    loaded = load_model(opts.model, distributed.process_device(world, opts.device), opts.dtype,
-                        trust_remote_code=opts.trust_remote_code)
+    device = distributed.process_device(world, opts.device)
+    loaded = load_model(opts.model, device, opts.dtype, trust_remote_code=opts.trust_remote_code,
+                        memory=distributed.shared_memory(world, pick_device(device, opts.dtype)[0]))
     procs = f"; {world.size} processes (data parallel)" if world.size > 1 else ""
     log(f"phi2eval: loaded {loaded.info['name']} ({loaded.info['source']}) on {loaded.info['device']} "
         f"{loaded.info['dtype']} in {time.time() - t0:.1f} s; backend {backend_label(opts)}{procs}")

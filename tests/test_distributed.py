@@ -53,6 +53,45 @@ def test_collectives_of_a_one_process_gloo_group(monkeypatch):
         dist.destroy_process_group()
 
 
+SHARED_MEMORY = """
+import json, sys
+from evals import distributed, memory
+from evals.errors import ModelError
+from evals.models import load_model
+
+world = distributed.world_from_env()
+memory.available_memory_bytes = lambda *a, **k: [1 << 30, 40 << 20][world.rank]  # 1 GiB, 40 MiB
+distributed.setup("cpu")
+said = {"memory": distributed.shared_memory(world, "cpu")}
+try:  # random:tiny-phi: 6.7M weights, 26 MiB in float32, 13 MiB in bfloat16
+    load_model("random:tiny-phi", "cpu", "float32", memory=said["memory"])
+    said["error"] = None
+except ModelError as exc:
+    said["error"] = str(exc)
+said["cpu_alone"] = distributed.shared_memory(distributed.World(), "cpu")
+open(sys.argv[1] + str(world.rank), "w").write(json.dumps(said))
+distributed.teardown()
+"""
+
+
+@pytest.mark.integration
+def test_processes_of_one_machine_check_their_copies_against_the_least_memory_measured(tmp_path):
+    script, said = tmp_path / "shared_memory.py", tmp_path / "said"
+    script.write_text(SHARED_MEMORY)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), str(script), str(said)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    every = [json.loads(Path(f"{said}{rank}").read_text()) for rank in range(2)]
+    assert all(s["memory"] == [40 << 20, 2] for s in every)  # the least measured (rank 1's), 2 processes
+    assert all(s["cpu_alone"] == [None, 1] for s in every)  # one process measures at its load
+    error = every[0]["error"]  # 2 x 26 MiB do not fit in 40 MiB; 2 x 13 MiB or one copy would
+    assert error and all(s["error"] == error for s in every), every
+    assert ("weights in float32 in 2 processes at once, but cpu has 0.0 GiB available: use --dtype bfloat16 (0.0 GiB), "
+            "fewer processes per machine (0.0 GiB for one), a smaller model") in error
+
+
 def phi2eval(args: list[str], env: dict, nproc: int | None = None) -> subprocess.CompletedProcess:
     """`python -m evals.cli ...`, or under torchrun with `nproc` CPU processes."""
     head = [sys.executable, "-m", "evals.cli"] if nproc is None else [

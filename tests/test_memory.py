@@ -124,6 +124,35 @@ def test_a_gguf_file_small_enough_at_any_quantisation_is_not_parsed(tmp_path):
     assert gguf_surely_fits(str(path), "bfloat16", 32000) and not gguf_surely_fits(str(path), "bfloat16", 31999)
 
 
+def test_processes_loading_at_once_need_a_copy_each_unless_they_share_a_mapped_file():
+    from transformers import AutoConfig
+
+    assert load_bytes(1000, 4, copies=3) == 12000 and load_bytes(1000, 4, gguf=True, copies=2) == 10000
+    assert load_bytes(1000, 4, copies=3, mapped=True) == 4000  # the file's pages, shared
+    config = AutoConfig.for_model("llama", dtype="bfloat16", **TINY)
+    count = weight_count(config)
+    check_weights_fit(config, "org/tiny", "cpu", "float32", available=count * 8, copies=2)
+    with pytest.raises(ModelError) as err:
+        check_weights_fit(config, "org/tiny", "cpu", "float32", available=count * 8 - 1, copies=2)
+    said = str(err.value)
+    assert "weights in float32 in 2 processes at once, but cpu has" in said and "\n" not in said
+    # bfloat16 is the checkpoint's own dtype: mapped, both processes read the same pages
+    assert "use --dtype bfloat16 (0.0 GiB), fewer processes per machine (0.0 GiB for one), a smaller" in said
+    with pytest.raises(ModelError, match=r"use --dtype bfloat16 \(0\.0 GiB\), fewer processes per machine"):
+        check_weights_fit(config, "org/tiny", "cpu", "float32", available=count * 4, copies=2, mapped=False)
+    with pytest.raises(ModelError, match="available: use a smaller model"):  # nor 2 in bfloat16, nor one
+        check_weights_fit(config, "org/tiny", "cpu", "float32", available=count * 4 - 1, copies=2, mapped=False)
+    check_weights_fit(config, "org/tiny", "cpu", "bfloat16", available=count * 2, copies=4)  # mapped
+    check_weights_fit(config, "org/tiny", "cuda", "float32", available=count * 4, copies=2)  # a GPU each
+
+
+def test_a_gguf_file_in_several_processes_counts_each_copy(tmp_path):
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"\0" * 1500)  # at most 8000 weights: 48000 bytes for the one at its peak, 32000 the other
+    assert gguf_surely_fits(str(path), "float32", 80000, copies=2)
+    assert not gguf_surely_fits(str(path), "float32", 79999, copies=2)
+
+
 def too_little(monkeypatch, gib: float) -> None:
     monkeypatch.setattr(memory, "available_on", lambda device: int(gib * GIB))
     monkeypatch.setattr(models, "available_on", lambda device: int(gib * GIB))
