@@ -184,13 +184,15 @@ def check_weights_fit(config, where: str, device: str, dtype, trust_remote_code:
         shared = (not gguf and checkpoint_mapped(config, dt)) if mapped is None else mapped
         return load_bytes(count, size, gguf, n, shared)
 
-    if need(dtype) <= available:
+    total = need(dtype)
+    if total <= available:
         return
-    hints = [f"--dtype bfloat16 ({need('bfloat16') / GIB:.1f} GiB)"] if itemsize > 2 and need("bfloat16") <= available else []
-    if copies > 1 and need(dtype, 1) <= available:
-        hints.append(f"fewer processes per machine ({need(dtype, 1) / GIB:.1f} GiB for one)")
+    half, one = need("bfloat16"), need(dtype, 1)
+    hints = [f"--dtype bfloat16 ({half / GIB:.1f} GiB)"] if itemsize > 2 and half <= available else []
+    if copies > 1 and one <= available:
+        hints.append(f"fewer processes per machine ({one / GIB:.1f} GiB for one)")
     name = str(_dtype(dtype)).removeprefix("torch.")
     at_once = f" in {copies} processes at once" if copies > 1 else ""
-    raise ModelError(f"{where} needs {need(dtype) / GIB:.1f} GiB to load its {count / 1e9:.2f}B weights in {name}{at_once}, "
+    raise ModelError(f"{where} needs {total / GIB:.1f} GiB to load its {count / 1e9:.2f}B weights in {name}{at_once}, "
                      f"but {device} has {available / GIB:.1f} GiB available: use {''.join(h + ', ' for h in hints)}"
                      "a smaller model or a machine with more memory")
