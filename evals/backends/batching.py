@@ -112,7 +112,8 @@ class TokenBudget:
 
 def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget: TokenBudget,
                keys: Sequence | None = None, pad_lengths: Sequence[int] | None = None,
-               pad_ratio: float | None = None, packed: bool = False, pad_waste: int | None = None) -> int:
+               pad_ratio: float | None = None, packed: bool = False, pad_waste: int | None = None,
+               attention_waste: float = 0.0) -> int:
     """End index (exclusive) of the batch beginning at order[start].
 
     Items are taken in `order` (longest first) while rows x longest <= budget.tokens,
@@ -125,6 +126,11 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
     `packed`: the batch runs unpadded (rows concatenated, each length group padded only inside
     attention, see packed_groups), so it is cut at the sum of its lengths, not rows x longest,
     and lengths may differ freely.
+
+    `attention_waste`: the batch runs as packed rows in one attention group (rows concatenated,
+    attention padded to the longest), where a padded token costs only attention over the
+    longest row, not the linear layers: its padding may hold attention_waste / longest length
+    tokens more (device.cpu_attention_waste).
     """
     pad = pad_lengths if pad_lengths is not None else lengths
     ratio = None if packed else (pad_ratio if pad_ratio is not None else budget.max_pad_ratio)
@@ -143,7 +149,8 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
             break
         if end > start and ratio and pad[order[start]] > ratio * pad[order[end]]:
             # items are longest first, so pad[order[start]] is the batch's longest padded part
-            if rows * pad[order[start]] - (pad_sum + pad[order[end]]) > waste:
+            allowed = waste + (attention_waste / lengths[order[start]] if attention_waste else 0)
+            if rows * pad[order[start]] - (pad_sum + pad[order[end]]) > allowed:
                 break
         longest = cand
         pad_sum += pad[order[end]]
@@ -199,6 +206,7 @@ def run_batched(
     pad_ratio: float | None = None,
     packed: Callable[[], bool] | None = None,
     pad_waste: int | None = None,
+    attention_waste: float = 0.0,
 ) -> list[Any]:
     """Call fn on token-budget batches of item indices; return results in item order.
 
@@ -207,14 +215,16 @@ def run_batched(
     A single item that runs out of memory twice re-raises the error. Items with different
     `keys` never share a batch; `pad_lengths` see take_batch; `pad_ratio` overrides
     budget.max_pad_ratio and `pad_waste` budget.max_pad_waste; `packed()` says whether the next
-    batch runs unpadded (take_batch).
+    batch runs unpadded, `attention_waste` what padding costs where it is padded only inside
+    attention (take_batch).
     """
     order = sort_order(lengths, keys)
     results: list[Any] = [None] * len(lengths)
     start, single_failures = 0, 0
     while start < len(order):
         unpadded = bool(packed and packed())
-        end = take_batch(lengths, order, start, budget, keys, pad_lengths, pad_ratio, unpadded, pad_waste)
+        end = take_batch(lengths, order, start, budget, keys, pad_lengths, pad_ratio, unpadded, pad_waste,
+                         attention_waste)
         idx = list(order[start:end])
         try:
             out = fn(idx)

@@ -51,6 +51,11 @@ GPU_ASSUMED_FLOPS = 400e12  # bf16 matrix-product rate assumed for the trade-off
 # 1024 tokens 1.17 s: 190 GFLOP/s of matrix products, and a fixed cost of about 17 tokens' worth
 CPU_FORWARD_OVERHEAD_S = 0.025
 CPU_ASSUMED_FLOPS = 190e9
+# A log-likelihood batch on the CPU costs about 60 ms beyond its tokens (the forward pass's
+# per-layer work and the batch's own Python): fitted over 15 runs of OpenBookQA, WinoGrande and
+# PIQA (200 documents each, 2 to 26 batches) on the AMD EPYC, 62 ms against 1.37 ms per
+# forwarded token, so 45 tokens' worth for SmolLM2-135M
+CPU_LL_BATCH_OVERHEAD_S = 0.06
 
 
 def gpu_pad_waste(model: Any, budget_tokens: int, attention_only: bool = False) -> int:
@@ -75,6 +80,27 @@ def overhead_tokens(n_params: int, cuda: bool, budget_tokens: int, factor: float
         tokens = factor * GPU_FORWARD_OVERHEAD_S * GPU_ASSUMED_FLOPS / (2 * max(1, n_params))
         return int(min(budget_tokens // 4, tokens))
     return int(factor * CPU_FORWARD_OVERHEAD_S * CPU_ASSUMED_FLOPS / (2 * max(1, n_params)))
+
+
+def cpu_attention_waste(model: Any) -> float:
+    """What a log-likelihood batch of packed rows in one attention group (the CPU's, see
+    FastLM.grouped_rows) may pay in padding to save another batch, as tokens x longest row
+    length: a padded token costs only attention. Padding a row of l tokens to the longest, T,
+    adds T^2 - l^2 (about 2T) computed pairs per padded token, each 1/merge_ratio of a real
+    token's matrix-product FLOPs at a quarter to three fifths of their rate (small_attention on
+    the AMD EPYC, 4 to 32 rows of 64 to 512 tokens: 49-120 GFLOP/s against 190-206 for a
+    linear layer): 3.5T to 8T / merge_ratio of a real token, taken as 4T (of 1T, 4T and 16T,
+    4T was fastest). So padding up to this
+    over T costs less than a batch's fixed cost (CPU_LL_BATCH_OVERHEAD_S at
+    CPU_ASSUMED_FLOPS, 42 tokens for SmolLM2-135M): 42 x 3073 / 4, about 32.6k (195 padded
+    tokens where the longest row is 167). Before, such batches were cut by the padding ratio
+    alone: OpenBookQA's 200 documents took 26 batches of 12 to 330 tokens; with this allowance
+    4 batches and 0.83x the time (with 4x it: 3 batches, 0.88x; with a quarter: 7, 0.86x);
+    HellaSwag, WinoGrande and PIQA took 1.02x, 0.88x and 0.92x the time (one sweep of two
+    repeats; the nine tasks side by side: results/bench/cpu_smollm2_nine_attention_waste.json)."""
+    n_params = sum(p.numel() for p in model.parameters())
+    tokens = CPU_LL_BATCH_OVERHEAD_S * CPU_ASSUMED_FLOPS / (2 * max(1, n_params))
+    return tokens * merge_ratio(model) / 4
 
 
 def forward_cost_tokens(model: Any, device: torch.device, budget_tokens: int) -> int:
@@ -141,7 +167,7 @@ def gen_pad_waste_tokens(weight_bytes: int, kv_bytes: int, cuda: bool, budget_to
 def merge_ratio(model: Any) -> float:
     """Matrix-product FLOPs per token over attention FLOPs per token pair, which decides when
     inputs share a trie row (prefix_trie.pack_rows): non-embedding parameters over
-    2 x layers x hidden size (1530 for SmolLM2-135M, 15400 for Phi-2); 1000 if the config
+    2 x layers x hidden size (3073 for SmolLM2-135M, about 16k for Phi-2); 1000 if the config
     does not say."""
     cfg = model.config
     layers = getattr(cfg, "num_hidden_layers", None)

@@ -30,7 +30,7 @@ from lm_eval.models.utils import configure_pad_token, has_bos_prefix, resolve_ma
 
 from evals.backends.batching import BUDGET_ENV, TokenBudget, default_budget, peak_memory_bytes
 from evals.backends.compat import kv_cache_layers, sliding_window, uses_alibi
-from evals.backends.device import gen_budget_tokens, gpu_pad_waste, merge_ratio
+from evals.backends.device import cpu_attention_waste, gen_budget_tokens, gpu_pad_waste, merge_ratio
 from evals.backends.greedy import GEN_PREFILL_SHARE, GreedyMixin
 from evals.backends.kv_cache import out_cache
 from evals.backends.lm_head import HeadScorer
@@ -55,6 +55,9 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
     # nothing: HellaSwag/PIQA (200 docs) took 1.01x/1.00x the time at a 2048-token budget,
     # 1.09x/1.07x at 4096, HellaSwag 1.15x at 8192 (larger activations fall out of the caches)
     grouped_rows: bool | None = None
+    # ... so there a batch's one attention group pads rows of different lengths, and padding
+    # costs only attention: such batches may hold more of it (device.cpu_attention_waste)
+    attention_padding = True
     # a log-likelihood cluster that fits one trie row joins the common pool (plan_loglikelihood),
     # where the attention it adds costs less than two forward passes' fixed cost
     # (forward_cost_tokens): on an H200-sized budget, 400 documents of HellaSwag take 1 forward
@@ -157,6 +160,10 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         self._n_layers = getattr(model.config, "num_hidden_layers", None)
         self._packed = supports_packed(model) and isinstance(self._n_layers, int) and self.packed_rows
         self._grouped = self._device.type == "cuda" if self.grouped_rows is None else bool(self.grouped_rows)
+        # padding a packed batch's one attention group costs only attention (on the CPU;
+        # on CUDA batches are grouped and gpu_pad_waste decides)
+        self._attention_waste = (cpu_attention_waste(model) if self._packed and not self._grouped
+                                 and self._device.type != "cuda" and self.attention_padding else 0.0)
         # greedy decoding reads a shared few-shot prefix once per batch (prefix_attention.py)
         self._shared_decode = self.shared_prefix_decode and supports_shared_prefix(model, self.max_length)
         # ... within the sliding window, if any (set per generation call: the prefix is read whole)

@@ -117,7 +117,8 @@ class LoglikelihoodMixin:
             with torch.inference_mode(), attention_kernels(self._device):
                 per_row = run_batched(plan.lengths, lambda ix: score([rows[i] for i in ix], conts_of),
                                       self.budget, plan.row_keys, plan.pad,
-                                      packed=lambda: reason is None and self._packed and self._grouped)
+                                      packed=lambda: reason is None and self._packed and self._grouped,
+                                      attention_waste=self._attention_waste if reason is None and self._packed else 0.0)
         finally:
             self._prefix = None
             self._head.release()  # the logits buffer is not held between calls

@@ -12,6 +12,7 @@ from evals.backends.batching import (
     packed_groups,
     plan_batches,
     run_batched,
+    take_batch,
 )
 
 
@@ -50,6 +51,21 @@ def test_pad_waste_allowance_joins_short_rows_while_total_padding_is_small():
     # a large allowance: one batch (the budget still caps rows x longest)
     assert plan_batches([100, 80, 40, 38], TokenBudget(10_000, max_pad_waste=1000)) == [[0, 1, 2, 3]]
     assert plan_batches([100, 80, 40, 38], TokenBudget(250, max_pad_waste=1000)) == [[0, 1], [2, 3]]
+
+
+def test_attention_waste_allows_padding_inversely_to_the_longest_row():
+    # padded only inside attention: up to attention_waste / longest padded tokens more
+    lengths = [100, 80, 40, 38]
+    assert plan_batches(lengths, TokenBudget(10_000)) == [[0], [1], [2, 3]]
+    # 2000 / 100 = 20: 80 joins 100 (waste 20); 40 would make it 80
+    calls = []
+    run_batched(lengths, lambda ix: calls.append(list(ix)) or ix, TokenBudget(10_000), attention_waste=2000)
+    assert calls == [[0, 1], [2, 3]]
+    # 8000 / 100 = 80: 40 joins too (waste 80); 38 would make it 142
+    assert take_batch(lengths, [0, 1, 2, 3], 0, TokenBudget(10_000), attention_waste=8000) == 3
+    # the allowance adds to max_pad_waste, and the token budget still caps rows x longest
+    assert take_batch(lengths, [0, 1, 2, 3], 0, TokenBudget(10_000, max_pad_waste=62), attention_waste=8000) == 4
+    assert take_batch(lengths, [0, 1, 2, 3], 0, TokenBudget(250), attention_waste=10**6) == 2
 
 
 def test_pad_waste_argument_overrides_the_budgets():

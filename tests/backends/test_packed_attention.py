@@ -86,6 +86,24 @@ def test_packed_rows_equal_padded_rows_and_hf(smol, hf_lm):
         assert abs(a - b) < 5e-5 and ga == gb
 
 
+def test_cpu_batches_may_pad_inside_attention_with_the_same_answers(smol):
+    """On the CPU a batch's packed rows share one attention group, so padding costs only
+    attention: the default allowance (device.cpu_attention_waste) takes the requests in fewer
+    batches than the padding ratio alone, with the same log-likelihoods (to 5e-5)."""
+    model, tok = smol
+    reqs = ll_requests()
+    runs = {}
+    for flag in (True, False):
+        cls = type("Variant", (FastLM,), {"attention_padding": flag})
+        lm = cls(model, tok, max_length=2048)
+        assert (lm._attention_waste > 0) is flag and lm._grouped is False
+        runs[flag] = (lm.loglikelihood(reqs, disable_tqdm=True), lm.stats["ll_batches"])
+    (new, n_new), (old, n_old) = runs[True], runs[False]
+    assert n_new < n_old
+    for (a, ga), (b, gb) in zip(new, old):
+        assert abs(a - b) < 5e-5 and ga == gb
+
+
 def test_attention_outside_the_interface_falls_back_to_padded(smol, hf_lm, caplog):
     """If fewer attention layers than the model has ran packed (a model whose attention
     ignores transformers' AttentionInterface), the batch is redone padded, with a warning,
