@@ -96,8 +96,8 @@ def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple
     (`ratio`: the merge ratio of the model; default from lm.model). `gen_plan` (generation
     batches' token budget, padding allowance[, mix]: gen_batches_of): also the decoding loops the backend's batch
     planner makes (gen_batches) and their steps at max_gen_toks (decode_steps). `ll_plan`
-    (log-likelihood token budget, pool_tokens, packed: ll_batches_of): also its log-likelihood
-    forward passes (ll_batches, ll_prefix_passes)."""
+    (log-likelihood token budget, pool_tokens, packed[, attention_waste]: ll_batches_of): also its
+    log-likelihood forward passes (ll_batches, ll_prefix_passes)."""
     from bench_runner import hf_work
 
     from evals.backends.device import merge_ratio
@@ -113,7 +113,7 @@ def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple
         rec.update(workload_tokens=sum(len(c) + len(x) for c, x in pairs), fast_forward_tokens=plan.forward_tokens(),
                    fast_logit_positions=plan.scored_positions(), hf_forward_tokens=hf_tok, hf_logit_positions=hf_tok)
         if ll_plan is not None:
-            rec.update(ll_batches_of(plan, ll_plan[0], ll_plan[2]))
+            rec.update(ll_batches_of(plan, ll_plan[0], *ll_plan[2:]))
     else:
         from evals.backends.planning import share_clusters
 
@@ -140,13 +140,15 @@ def count_work(name: str, insts, lm, ratio: float | None = None, gen_plan: tuple
     return rec
 
 
-def ll_batches_of(plan, budget_tokens: int, packed: bool) -> dict:
+def ll_batches_of(plan, budget_tokens: int, packed: bool, attention_waste: float = 0.0) -> dict:
     """Log-likelihood forward passes as the fast backend runs a plan (plan_loglikelihood):
     run_batched's batches at `budget_tokens` (`packed`: cut by real tokens, as on CUDA; else by
-    padded size and the padding ratio, as on the CPU), and one prefix pass per cluster."""
+    padded size and the padding ratio, as on the CPU, with `attention_waste`, see
+    device.cpu_attention_waste), and one prefix pass per cluster."""
     from evals.backends.batching import TokenBudget, plan_batches
 
-    batches = plan_batches(plan.lengths, TokenBudget(budget_tokens), plan.row_keys, plan.pad, packed=packed)
+    batches = plan_batches(plan.lengths, TokenBudget(budget_tokens), plan.row_keys, plan.pad, packed=packed,
+                           attention_waste=attention_waste)
     return {"ll_batches": len(batches), "ll_prefix_passes": len({k for k in plan.row_keys if k is not None})}
 
 

@@ -185,13 +185,15 @@ def sort_order(lengths: Sequence[int], keys: Sequence | None = None) -> list[int
 
 
 def plan_batches(lengths: Sequence[int], budget: TokenBudget, keys: Sequence | None = None,
-                 pad_lengths: Sequence[int] | None = None, packed: bool = False) -> list[list[int]]:
+                 pad_lengths: Sequence[int] | None = None, packed: bool = False,
+                 attention_waste: float = 0.0) -> list[list[int]]:
     """All batches (lists of item indices, longest items first) for a fixed budget, as
-    run_batched cuts them (`packed`: see take_batch)."""
+    run_batched cuts them (`packed`, `attention_waste`: see take_batch)."""
     order = sort_order(lengths, keys)
     batches, start = [], 0
     while start < len(order):
-        end = take_batch(lengths, order, start, budget, keys, pad_lengths, packed=packed)
+        end = take_batch(lengths, order, start, budget, keys, pad_lengths, packed=packed,
+                         attention_waste=attention_waste)
         batches.append(list(order[start:end]))
         start = end
     return batches

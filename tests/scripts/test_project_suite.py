@@ -40,18 +40,23 @@ def test_loglikelihood_work_equals_fast_backend_work(embedded_model):
 @pytest.mark.parametrize("pool", [True, False], ids=["cluster-pooled", "cluster-kept"])
 def test_loglikelihood_passes_are_those_the_backend_runs(embedded_model, budget, pool):
     """ll_batches_of counts the batches and prefix passes FastLM runs (on the CPU: batches cut
-    by padded size; the few-shot cluster pooled into one row, or kept with its prefix pass)."""
+    by padded size, padding inside attention allowed up to cpu_attention_waste; the few-shot
+    cluster pooled into one row, or kept with its prefix pass)."""
     import torch
 
-    from evals.backends.device import forward_cost_tokens
+    from evals.backends.device import cpu_attention_waste, forward_cost_tokens
     from evals.backends.fast import FastLM
 
     lm = FastLM(embedded_model.model, embedded_model.tokenizer, max_length=2048, token_budget=budget)
     lm.pool_clusters = pool
     lm.loglikelihood(_requests(), disable_tqdm=True)
     pool_tokens = 2 * forward_cost_tokens(lm.model, torch.device("cpu"), budget) if pool else 0
-    rec = project_suite.count_work("t", _requests(), lm, ll_plan=(budget, pool_tokens, False))
+    waste = cpu_attention_waste(lm.model)
+    rec = project_suite.count_work("t", _requests(), lm, ll_plan=(budget, pool_tokens, False, waste))
     assert rec["ll_batches"] == lm.stats["ll_batches"]
+    if budget == 2048 and pool:  # the allowance is what joined the rows: without it, one batch more
+        old = project_suite.count_work("t", _requests(), lm, ll_plan=(budget, pool_tokens, False))
+        assert old["ll_batches"] == rec["ll_batches"] + 1
     assert rec["ll_prefix_passes"] == lm.stats.get("ll_prefix_passes", 0) == (0 if pool else 1)
 
 
