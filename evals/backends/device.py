@@ -79,7 +79,13 @@ def overhead_tokens(n_params: int, cuda: bool, budget_tokens: int, factor: float
     if cuda:
         tokens = factor * GPU_FORWARD_OVERHEAD_S * GPU_ASSUMED_FLOPS / (2 * max(1, n_params))
         return int(min(budget_tokens // 4, tokens))
-    return int(factor * CPU_FORWARD_OVERHEAD_S * CPU_ASSUMED_FLOPS / (2 * max(1, n_params)))
+    return int(factor * cpu_tokens(CPU_FORWARD_OVERHEAD_S, n_params))
+
+
+def cpu_tokens(seconds: float, n_params: int) -> float:
+    """Tokens of matrix products a model of `n_params` computes on the CPU in `seconds`
+    (at CPU_ASSUMED_FLOPS)."""
+    return seconds * CPU_ASSUMED_FLOPS / (2 * max(1, n_params))
 
 
 def cpu_attention_waste(model: Any) -> float:
@@ -90,17 +96,16 @@ def cpu_attention_waste(model: Any) -> float:
     token's matrix-product FLOPs at a quarter to three fifths of their rate (small_attention on
     the AMD EPYC, 4 to 32 rows of 64 to 512 tokens: 49-120 GFLOP/s against 190-206 for a
     linear layer): 3.5T to 8T / merge_ratio of a real token, taken as 4T (of 1T, 4T and 16T,
-    4T was fastest). So padding up to this
-    over T costs less than a batch's fixed cost (CPU_LL_BATCH_OVERHEAD_S at
-    CPU_ASSUMED_FLOPS, 42 tokens for SmolLM2-135M): 42 x 3073 / 4, about 32.6k (195 padded
+    4T was fastest). So padding up to this over T costs less than a batch's fixed cost
+    (CPU_LL_BATCH_OVERHEAD_S at CPU_ASSUMED_FLOPS, 42 tokens for SmolLM2-135M):
+    42 x 3073 / 4, about 32.6k (195 padded
     tokens where the longest row is 167). Before, such batches were cut by the padding ratio
     alone: OpenBookQA's 200 documents took 26 batches of 12 to 330 tokens; with this allowance
     4 batches and 0.83x the time (with 4x it: 3 batches, 0.88x; with a quarter: 7, 0.86x);
     HellaSwag, WinoGrande and PIQA took 1.02x, 0.88x and 0.92x the time (one sweep of two
     repeats; the nine tasks side by side: results/bench/cpu_smollm2_nine_attention_waste.json)."""
     n_params = sum(p.numel() for p in model.parameters())
-    tokens = CPU_LL_BATCH_OVERHEAD_S * CPU_ASSUMED_FLOPS / (2 * max(1, n_params))
-    return tokens * merge_ratio(model) / 4
+    return cpu_tokens(CPU_LL_BATCH_OVERHEAD_S, n_params) * merge_ratio(model) / 4
 
 
 def forward_cost_tokens(model: Any, device: torch.device, budget_tokens: int) -> int:

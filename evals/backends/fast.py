@@ -160,10 +160,10 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         self._n_layers = getattr(model.config, "num_hidden_layers", None)
         self._packed = supports_packed(model) and isinstance(self._n_layers, int) and self.packed_rows
         self._grouped = self._device.type == "cuda" if self.grouped_rows is None else bool(self.grouped_rows)
-        # padding a packed batch's one attention group costs only attention (on the CPU;
-        # on CUDA batches are grouped and gpu_pad_waste decides)
-        self._attention_waste = (cpu_attention_waste(model) if self._packed and not self._grouped
-                                 and self._device.type != "cuda" and self.attention_padding else 0.0)
+        # padding a packed batch's one attention group costs only attention (on the CPU; grouped
+        # batches, CUDA's, are cut by real tokens and never use it; plain rows neither)
+        self._attention_waste = (cpu_attention_waste(model) if self._device.type != "cuda"
+                                 and self.attention_padding else 0.0)
         # greedy decoding reads a shared few-shot prefix once per batch (prefix_attention.py)
         self._shared_decode = self.shared_prefix_decode and supports_shared_prefix(model, self.max_length)
         # ... within the sliding window, if any (set per generation call: the prefix is read whole)
