@@ -22,7 +22,9 @@ exec > >(tee -a "$LOG") 2>&1
 DEVICE=${BENCH_DEVICE:-cuda}
 SCALE=${BENCH_SCALE:-full}
 MODEL=${BENCH_MODEL:-random:phi-2}
-export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+# TOKENIZERS_PARALLELISM is left alone, as a user's run leaves it: the fast backend tokenises a
+# call's strings in batches that the tokenizer encodes on every core (pretokenize.py)
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 elapsed() { echo $(( $(date +%s) - START )); }
 # every step ends by BENCH_DEADLINE_S (default 510: the device call's 540 s less a margin for
 # copying results back): its timeout is cut to what is left, and a step with under 45 s left is

@@ -38,6 +38,7 @@ from evals.backends.loglikelihood import LoglikelihoodMixin
 from evals.backends.packed_attention import supports as supports_packed
 from evals.backends.planning import SHARE_MIN, common_prefix_len
 from evals.backends.prefix_attention import supports as supports_shared_prefix
+from evals.backends.pretokenize import Ahead
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
     # kernel launches per layer and step (unmeasured there); on the CPU, BBH with 10 prompts per
     # task x 64 tokens took 0.401x the time (results/bench/cpu_smollm2_bbh_mixed_ab.json)
     mix_clusters: bool | None = None
+    # loglikelihood's strings are encoded ahead in batched tokenizer calls (pretokenize.py)
+    pretokenize = True
 
     def __init__(
         self,
@@ -135,6 +138,7 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         self._merge_ratio = merge_ratio(model)  # fixed per model; decides trie row packing
         self._head = HeadScorer(model)  # output layer at scored positions only
         self._recent_enc: OrderedDict = OrderedDict()  # see tok_encode
+        self._ahead: Ahead | None = None  # a loglikelihood call's strings, encoded ahead (pretokenize.py)
         self.peak_memory_bytes = 0
         self.stats: dict[str, int] = defaultdict(int)
         params = inspect.signature(self.model.forward).parameters
@@ -210,10 +214,14 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kw) -> list[int]:
         """HFLM.tok_encode: tokenizer defaults, no special tokens if the string starts with BOS.
 
-        The last two encodings are kept: TemplateLM._encode_pair encodes each choice's whole
-        string, then the document's context, so the context hits every time after the first
-        choice (5 tokeniser calls instead of 8 for four choices)."""
+        Within loglikelihood the strings come encoded ahead, in batches (pretokenize.py).
+        Otherwise the last two encodings are kept: TemplateLM._encode_pair encodes each
+        choice's whole string, then the document's context, so the context hits every time
+        after the first choice (5 tokeniser calls instead of 8 for four choices)."""
         key = (string, add_special_tokens)
+        enc = self._ahead.get(key) if self._ahead is not None else None
+        if enc is not None:
+            return enc[-left_truncate_len:] if left_truncate_len else list(enc)
         enc = self._recent_enc.get(key)
         if enc is None:
             enc = self.tokenizer.encode(string, **self._special_kwargs(string, add_special_tokens))
@@ -223,6 +231,19 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         else:
             self._recent_enc.move_to_end(key)
         return enc[-left_truncate_len:] if left_truncate_len else list(enc)
+
+    def _encode_many(self, keys: list[tuple[str, bool | None]]) -> list[list[int]]:
+        """tok_encode of many (string, add_special_tokens) keys, in order, with one batched
+        tokenizer call per set of tokenizer arguments (the same encodings as one-string calls)."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, (string, add) in enumerate(keys):
+            groups[tuple(self._special_kwargs(string, add).items())].append(i)
+        out: list = [None] * len(keys)
+        for kw, idx in groups.items():
+            encs = self.tokenizer([keys[i][0] for i in idx], **dict(kw))["input_ids"]
+            for i, enc in zip(idx, encs):
+                out[i] = enc
+        return out
 
     def tok_decode(self, tokens: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)

@@ -89,11 +89,8 @@ class GreedyMixin(GenerateMixin):
             max_gen = kwargs.pop("max_gen_toks")
             max_ctx = self.max_length - max_gen
             assert max_ctx > 0, "max_gen_toks must be below the model's max length"
-            prompts = []
-            for i in idxs:
-                ctx = args[i][0]
-                enc = self.tokenizer(ctx, **self._special_kwargs(ctx, None))["input_ids"]
-                prompts.append(enc[-max_ctx:])
+            # HFLM.tok_batch_encode's tokens, in batched tokenizer calls
+            prompts = [enc[-max_ctx:] for enc in self._encode_many([(args[i][0], None) for i in idxs])]
             self._ensure_checked()
             greedy = self._plain_greedy(kwargs) and self._kv_decode and not self._probe_failed  # else generate
             # the generation budget and padding allowance are for _greedy_batch, whose prefill runs in

@@ -1,7 +1,8 @@
 """Log-likelihood methods of the fast backend (FastLM).
 
   * Tokenisation is HFLM's (TemplateLM._encode_pair, HFLM.tok_encode semantics, left
-    truncation of context+continuation to max_length+1).
+    truncation of context+continuation to max_length+1), its strings encoded ahead in
+    batched tokenizer calls (pretokenize.py).
   * A request's model input is (context + continuation)[:-1]; its last len(continuation)
     positions predict the continuation. Distinct inputs, sorted, form a prefix trie
     (prefix_trie.py): neighbouring inputs that share leading tokens (the choices of one
@@ -50,6 +51,7 @@ from evals.backends.device import attention_kernels, forward_cost_tokens
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.planning import plan_loglikelihood
 from evals.backends.prefix_trie import ancestor_mask, build_row
+from evals.backends.pretokenize import Ahead, pair_keys
 from evals.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,18 @@ class LoglikelihoodMixin:
     budgets, caches and stats are FastLM's."""
 
     # ----- log-likelihood ---------------------------------------------------------------
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """TemplateLM.loglikelihood (its tokenisation, then _loglikelihood_tokens), with the
+        strings it tokenises one by one encoded ahead in batches (pretokenize.py)."""
+        if not self.pretokenize:
+            return super().loglikelihood(requests, disable_tqdm)
+        ahead = self._ahead = Ahead(pair_keys(r.args for r in requests), self._encode_many)
+        try:
+            return super().loglikelihood(requests, disable_tqdm)
+        finally:
+            self.stats["ll_tokenizer_batches"] += ahead.batches
+            self._ahead = None
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """Score (request_str, context_enc, continuation_enc) triples over prefix-trie rows."""
         if not requests:
