@@ -73,6 +73,7 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
     mix_clusters: bool | None = None
     # loglikelihood's strings are encoded ahead in batched tokenizer calls (pretokenize.py)
     pretokenize = True
+    _ahead: Ahead | None = None  # during a loglikelihood call, its strings encoded ahead
 
     def __init__(
         self,
@@ -138,7 +139,6 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         self._merge_ratio = merge_ratio(model)  # fixed per model; decides trie row packing
         self._head = HeadScorer(model)  # output layer at scored positions only
         self._recent_enc: OrderedDict = OrderedDict()  # see tok_encode
-        self._ahead: Ahead | None = None  # a loglikelihood call's strings, encoded ahead (pretokenize.py)
         self.peak_memory_bytes = 0
         self.stats: dict[str, int] = defaultdict(int)
         params = inspect.signature(self.model.forward).parameters

@@ -4,16 +4,17 @@ TemplateLM.loglikelihood tokenises each request with two tokenizer calls (_encod
 whole string, then the context), one string at a time. That is host work that the forward
 passes do not hide: MMLU's 5-shot requests, 2000 distinct strings of about 600 tokens per 400
 documents, took 1.6 s in one-string calls on this project's 2-core CPU, against 1.0 s as one
-batched call (the Rust tokenizer encodes a batch on every core; results/bench and
-docs/speed.md). On a GPU, where the forward passes of those documents take about as long, that
-is a large share of the call.
+batched call (the Rust tokenizer encodes a batch on every core). On the H200 on 2026-11-27 the
+fast backend's whole call over those 400 documents took 11.8 s (Phi-2-shaped, bf16), so it is
+a share worth saving there (docs/speed.md, "Host work").
 
 Ahead knows the strings a loop will ask for, in order (keys: (string, add_special_tokens)), and
-encodes them CHUNK at a time with one batched call (`encode_many`); `get` answers from the
-current chunk and, on a miss, encodes the chunk that starts there. Answers are the tokenizer's
-own encodings of each string, so a batched call gives what one-string calls give (tested on
-every benchmark's strings); a string asked for out of order is simply a miss (None), encoded
-by the caller as before. At most two chunks' encodings are held at a time.
+encodes them CHUNK distinct keys at a time with one batched call (`encode_many`); `get` answers
+from the current chunk or the one before and, on a miss, encodes the next chunk. A batched
+call gives each string's own encoding (tested on fixture requests and on real HellaSwag, MMLU,
+BoolQ, PIQA and WinoGrande requests). A key found in neither chunk after that (asked out of
+order) turns Ahead off: `get` says None from then on, and the caller encodes alone as before.
+At most two chunks' encodings are held at a time.
 """
 
 from __future__ import annotations
