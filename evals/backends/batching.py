@@ -135,6 +135,8 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
     pad = pad_lengths if pad_lengths is not None else lengths
     ratio = None if packed else (pad_ratio if pad_ratio is not None else budget.max_pad_ratio)
     waste = budget.max_pad_waste if pad_waste is None else pad_waste
+    if attention_waste and start < len(order):
+        waste += attention_waste / lengths[order[start]]  # the batch's longest row comes first
     longest = 0
     pad_sum = 0
     total = 0
@@ -149,8 +151,7 @@ def take_batch(lengths: Sequence[int], order: Sequence[int], start: int, budget:
             break
         if end > start and ratio and pad[order[start]] > ratio * pad[order[end]]:
             # items are longest first, so pad[order[start]] is the batch's longest padded part
-            allowed = waste + (attention_waste / lengths[order[start]] if attention_waste else 0)
-            if rows * pad[order[start]] - (pad_sum + pad[order[end]]) > allowed:
+            if rows * pad[order[start]] - (pad_sum + pad[order[end]]) > waste:
                 break
         longest = cand
         pad_sum += pad[order[end]]

@@ -220,17 +220,21 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
         after the first choice (5 tokeniser calls instead of 8 for four choices)."""
         key = (string, add_special_tokens)
         enc = self._ahead.get(key) if self._ahead is not None else None
-        if enc is not None:
-            return enc[-left_truncate_len:] if left_truncate_len else list(enc)
+        if enc is None:
+            enc = self._recent_encode(key)
+        return enc[-left_truncate_len:] if left_truncate_len else list(enc)
+
+    def _recent_encode(self, key: tuple[str, bool | None]) -> list[int]:
+        """The encoding of a (string, add_special_tokens) key, the last two kept (tok_encode)."""
         enc = self._recent_enc.get(key)
         if enc is None:
-            enc = self.tokenizer.encode(string, **self._special_kwargs(string, add_special_tokens))
+            enc = self.tokenizer.encode(key[0], **self._special_kwargs(*key))
             self._recent_enc[key] = enc
             if len(self._recent_enc) > 2:
                 self._recent_enc.popitem(last=False)
         else:
             self._recent_enc.move_to_end(key)
-        return enc[-left_truncate_len:] if left_truncate_len else list(enc)
+        return enc
 
     def _encode_many(self, keys: list[tuple[str, bool | None]]) -> list[list[int]]:
         """tok_encode of many (string, add_special_tokens) keys, in order, with one batched
