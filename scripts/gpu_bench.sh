@@ -111,9 +111,13 @@ if step probe && t=$(cap 90); then
   echo "probe: rc=${PIPESTATUS[0]} after $(elapsed)s"
 fi
 
-# --- mc: multiple choice, log-likelihood (HFLM batch 64 vs token budget) ------------------
+# --- mc: multiple choice, log-likelihood (HFLM batch 64 vs token budget); the fast backend
+# without its overlap of host and device (each batch read back before the next is prepared, host
+# copies that wait for the device) runs as a variant in the same alternation:
+# tasks.<task>.variants["overlap=0"]
 if step mc; then
-  bench 220 gpu_phi2_mc.json --tasks hellaswag,arc_easy,boolq,piqa,mmlu --limit 400 --repeats 2 --hf-batch-size 64
+  bench 220 gpu_phi2_mc.json --tasks hellaswag,arc_easy,boolq,piqa,mmlu --limit 400 --repeats 2 --hf-batch-size 64 \
+    --variant overlap=0
 fi
 
 # --- gen: GSM8K 8-shot prompts, greedy, 256 new tokens (random weights never stop early);

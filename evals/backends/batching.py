@@ -200,6 +200,24 @@ def plan_batches(lengths: Sequence[int], budget: TokenBudget, keys: Sequence | N
     return batches
 
 
+class Pending:
+    """A batch's results still being computed on the device: `resolve()` reads them back (there
+    the host waits for the device)."""
+
+    def __init__(self, read: Callable[[], list[Any]]) -> None:
+        """`read()` returns the batch's results."""
+        self._read = read
+
+    def resolve(self) -> list[Any]:
+        """The batch's results."""
+        return self._read()
+
+
+def resolve(out: Any) -> Any:
+    """`out` itself, or what it resolves to if it is Pending."""
+    return out.resolve() if isinstance(out, Pending) else out
+
+
 def run_batched(
     lengths: Sequence[int],
     fn: Callable[[list[int]], list[Any]],
@@ -213,7 +231,9 @@ def run_batched(
 ) -> list[Any]:
     """Call fn on token-budget batches of item indices; return results in item order.
 
-    `fn(indices)` returns one result per index. On out-of-memory the budget is halved and
+    `fn(indices)` returns one result per index, or a Pending that resolves to them: that batch
+    is read back only after the next batch has been queued (fn called), so a device runs the
+    next batch while the host reads this one and prepares the one after. On out-of-memory the budget is halved and
     the same items are retried in smaller batches; finished results are never recomputed.
     A single item that runs out of memory twice re-raises the error. Items with different
     `keys` never share a batch; `pad_lengths` see take_batch; `pad_ratio` overrides
@@ -224,6 +244,15 @@ def run_batched(
     order = sort_order(lengths, keys)
     results: list[Any] = [None] * len(lengths)
     start, single_failures = 0, 0
+    last: tuple[list[int], Any] | None = None  # the batch queued before, not yet read back
+
+    def land(idx: list[int], out: Any) -> None:
+        out = resolve(out)
+        if len(out) != len(idx):
+            raise RuntimeError(f"batch function returned {len(out)} results for {len(idx)} items")
+        for i, r in zip(idx, out):
+            results[i] = r
+
     while start < len(order):
         unpadded = bool(packed and packed())
         end = take_batch(lengths, order, start, budget, keys, pad_lengths, pad_ratio, unpadded, pad_waste,
@@ -235,6 +264,9 @@ def run_batched(
             if not is_oom(exc):
                 raise
             del exc
+            if last is not None:  # queued before this batch failed: its results stand
+                land(*last)
+                last = None
             free_memory()
             if len(idx) == 1:
                 # one row cannot be split further: retry once after freeing memory, then give up
@@ -244,10 +276,11 @@ def run_batched(
             sizes = [lengths[i] for i in idx]
             budget.shrink(sum(sizes) if unpadded else len(idx) * max(sizes))
             continue
-        if len(out) != len(idx):
-            raise RuntimeError(f"batch function returned {len(out)} results for {len(idx)} items")
-        for i, r in zip(idx, out):
-            results[i] = r
+        if last is not None:
+            land(*last)
+        last = (idx, out)
         single_failures = 0
         start = end
+    if last is not None:
+        land(*last)
     return results

@@ -41,6 +41,16 @@ def attention_kernels(device: torch.device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def to_device(t: torch.Tensor, device: torch.device, non_blocking: bool = True) -> torch.Tensor:
+    """Host tensor `t` on `device`. On CUDA with `non_blocking`, copied from pinned memory without
+    making the host wait: a plain copy from pageable memory waits until the device has run all
+    its queued work, so the host could not prepare the next batch while the device runs this
+    one. Elsewhere `t.to(device)` (on the CPU, `t` itself)."""
+    if non_blocking and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 # Fixed cost of one forward pass on a GPU, from the H200 runs of 2026-11-27 (Phi-2 shape, bf16):
 # a one-token decoding step took 23 ms, and log-likelihood batches cost 22-37 ms each beyond
 # their matrix products (results/bench/gpu_probe.json, gpu_phi2_mc.json). It is mostly the

@@ -46,8 +46,8 @@ import logging
 import torch
 from lm_eval import utils as lm_utils
 
-from evals.backends.batching import packed_groups, run_batched
-from evals.backends.device import attention_kernels, forward_cost_tokens
+from evals.backends.batching import Pending, packed_groups, resolve, run_batched
+from evals.backends.device import attention_kernels, forward_cost_tokens, to_device
 from evals.backends.packed_attention import PACK_KW, make_pack, packed
 from evals.backends.planning import plan_loglikelihood
 from evals.backends.prefix_trie import ancestor_mask, build_row
@@ -72,15 +72,17 @@ PROBE_TEXT = (
 PROBE_TOL = {torch.float32: 1e-3, None: 1.5}
 
 
-def row_mask(ends: list, prefix: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def row_mask(ends: list, prefix: int, dtype: torch.dtype, device: torch.device,
+             non_blocking: bool = True) -> torch.Tensor:
     """Additive attention mask [rows, 1, T, prefix + T] of trie rows padded to the longest (T),
     from each row's subtree ends (prefix_trie.build_row): a node sees the shared prefix, itself
-    and its ancestors; a padding node only itself."""
+    and its ancestors; a padding node only itself. Built on `device` from the ends copied there
+    as device.to_device copies them (`non_blocking`)."""
     T = max(map(len, ends))
     e = torch.arange(T).repeat(len(ends), 1)
     for b, row in enumerate(ends):
         e[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-    allowed = ancestor_mask(e.to(device))
+    allowed = ancestor_mask(to_device(e, device, non_blocking))
     mask = torch.zeros(len(ends), 1, T, prefix + T, dtype=dtype, device=device)
     mask[..., prefix:].masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
     return mask
@@ -267,7 +269,7 @@ class LoglikelihoodMixin:
             try:
                 got = {}
                 for rows in ([(0, [a, b]), (0, [c])], [(40, [a, b])]):
-                    got.update(k_v for row in self._score_rows(rows, conts_of) for k_v in row)
+                    got.update(k_v for row in resolve(self._score_rows(rows, conts_of)) for k_v in row)
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means: not this way
@@ -352,7 +354,7 @@ class LoglikelihoodMixin:
         once (once per cluster: the KV cache is kept for the next batch) and their KV cache is
         expanded to every row. Each scored node runs lm_head once, however many continuations
         score it."""
-        dev = self._device
+        dev, nb = self._device, self.overlap
         B, S = len(rows), rows[0][0]
         built = [build_row(seqs, S) for _, seqs in rows]
         lengths = [len(r.tokens) for r in built]
@@ -361,7 +363,7 @@ class LoglikelihoodMixin:
         pack, groups = None, None
         if self._packed:
             groups = packed_groups(lengths, self.budget) if self._grouped else [list(range(B))]
-            pack = make_pack(lengths, S, dev, groups)
+            pack = make_pack(lengths, S, dev, groups, nb)
         # index of row b's node t in the hidden states: padded [B, T], or packed (rows concatenated)
         offsets = [b * T for b in range(B)] if pack is None else [0, *itertools.accumulate(lengths[:-1])]
         flat_pos: list[int] = []  # index of each scored node
@@ -390,12 +392,15 @@ class LoglikelihoodMixin:
         else:
             ids = torch.tensor([[t for r in built for t in r.tokens]], dtype=torch.long)
             pos = torch.tensor([[d for r in built for d in r.depths]], dtype=torch.long)
-        ids, pos = ids.to(dev), pos.to(dev)
+        ids, pos = to_device(ids, dev, nb), to_device(pos, dev, nb)
+        # the indices the output layer needs go to the device now, ahead of the forward pass
+        pp, pt, pr, at = (to_device(torch.tensor(x, dtype=torch.long), dev, nb)
+                          for x in (pair_slot, pair_tgt, pair_req, flat_pos))
         if pack is None:
-            mask = row_mask([r.ends for r in built], S, self.model.dtype, dev)
+            mask = row_mask([r.ends for r in built], S, self.model.dtype, dev, nb)
         else:
             for g, idx in zip(pack.groups, groups):
-                g.mask = row_mask([built[b].ends for b in idx], S, self.model.dtype, dev)
+                g.mask = row_mask([built[b].ends for b in idx], S, self.model.dtype, dev, nb)
             mask = pack.groups[0].mask  # what the model is given; each group's own mask is used
         kw = {self._cache_kw: self._prefix_cache(list(rows[0][1][0][:S]), 1 if pack else B, "ll")} if S else {}
         if pack is not None:
@@ -417,21 +422,24 @@ class LoglikelihoodMixin:
         self.stats["ll_attention_groups"] += len(pack.groups) if pack is not None else 1
         self.stats["ll_real_tokens"] += sum(lengths)
         self.stats["ll_forward_tokens"] += sum(lengths) if pack is not None else B * T
-        h = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(flat_pos, device=dev)]
+        h = hidden.reshape(-1, hidden.shape[-1])[at]
         del hidden
-        pp = torch.tensor(pair_slot, device=dev)
-        pt = torch.tensor(pair_tgt, device=dev)
-        logp_pairs, hits = self._head.score(h, pp, pt)
+        logp_pairs, hits = self._head.score(h, pp, pt, host_slots=pair_slot)
         del h
         self.stats["ll_scored_positions"] += len(flat_pos)
         n_req = len(req_keys)
-        pr = torch.tensor(pair_req, device=dev)
         total = torch.zeros(n_req, dtype=torch.float64, device=dev).index_add_(0, pr, logp_pairs.double())
         miss = torch.zeros(n_req, dtype=torch.long, device=dev).index_add_(0, pr, (~hits).long())
-        out: list[list] = [[] for _ in range(B)]
-        for (b, key), lp, m in zip(req_keys, total.tolist(), miss.tolist()):
-            out[b].append((key, (float(lp), m == 0)))
-        return out
+
+        def results() -> list[list]:
+            out: list[list] = [[] for _ in range(B)]
+            for (b, key), lp, m in zip(req_keys, total.tolist(), miss.tolist()):
+                out[b].append((key, (float(lp), m == 0)))
+            return out
+
+        # up to here nothing was read back from the device: with `overlap`, run_batched reads
+        # these results after it has queued the next batch
+        return Pending(results) if self.overlap else results()
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """HFLM's rolling windows, scored by _loglikelihood_tokens."""

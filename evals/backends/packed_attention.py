@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from evals.backends.device import to_device
+
 try:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 except ImportError:  # pragma: no cover - transformers without it: supports() says no
@@ -63,9 +65,11 @@ class Pack:
     calls: int = 0
 
 
-def make_pack(lengths: list[int], prefix: int, device: torch.device, groups: list[list[int]] | None = None) -> Pack:
+def make_pack(lengths: list[int], prefix: int, device: torch.device, groups: list[list[int]] | None = None,
+              non_blocking: bool = True) -> Pack:
     """Pack for rows of `lengths` tokens, concatenated in order; `groups`: runs of consecutive
-    row indices padded together in attention (default: all rows, one group)."""
+    row indices padded together in attention (default: all rows, one group). Its indices go to
+    `device` as device.to_device copies them (`non_blocking`)."""
     groups = groups if groups is not None else [list(range(len(lengths)))]
     starts = [0, *itertools.accumulate(lengths)]
     out, scatter, offset = [], [], 0
@@ -76,11 +80,11 @@ def make_pack(lengths: list[int], prefix: int, device: torch.device, groups: lis
             gather[j, : lengths[b]] = torch.arange(starts[b], starts[b] + lengths[b])
             scatter.extend(range(offset + j * T, offset + j * T + lengths[b]))
         offset += len(rows) * T
-        gather = gather.to(device)
+        gather = to_device(gather, device, non_blocking)
         out.append(Group(gather, gather.view(-1) + prefix))
     order = [b for rows in groups for b in rows]
     assert order == list(range(len(lengths))), "groups must be consecutive runs of all rows, in order"
-    return Pack(out, torch.tensor(scatter, dtype=torch.long, device=device), prefix)
+    return Pack(out, to_device(torch.tensor(scatter, dtype=torch.long), device, non_blocking), prefix)
 
 
 def _rows(x: torch.Tensor, group: Group, prefix: int) -> torch.Tensor:

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from evals.backends.batching import (
+    Pending,
     TokenBudget,
     is_oom,
     kv_bytes_per_token,
     packed_groups,
     plan_batches,
+    resolve,
     run_batched,
     take_batch,
 )
@@ -202,3 +204,45 @@ def test_packed_groups_are_runs_padded_within_the_ratio():
     assert packed_groups([100, 95, 90, 80, 79, 10], TokenBudget(50)) == [[0, 1], [2], [3, 4], [5]]
     # the GPU allowance joins rows while the group's padding stays small
     assert packed_groups([100, 95, 90, 80], TokenBudget(50, max_pad_waste=40)) == [[0, 1, 2, 3]]
+
+
+def test_pending_batch_read_after_the_next_is_queued():
+    """A batch returned as Pending is read back only after the next batch's fn has run (its work
+    queued), the last one at the end; results in item order."""
+    log = []
+
+    def fn(idx):
+        log.append(("queue", list(idx)))
+        return Pending(lambda: log.append(("read", list(idx))) or [f"r{i}" for i in idx])
+
+    out = run_batched([30, 20, 10], fn, TokenBudget(30, max_pad_ratio=None))
+    assert out == ["r0", "r1", "r2"]
+    assert log == [("queue", [0]), ("queue", [1]), ("read", [0]), ("queue", [2]), ("read", [1]), ("read", [2])]
+
+
+def test_pending_batch_kept_when_the_next_runs_out_of_memory():
+    """An OOM in the batch queued after a pending one: the pending batch is read (its results
+    kept, never recomputed), the failed one retried at half the budget."""
+    calls, reads = [], []
+
+    def fn(idx):
+        calls.append(list(idx))
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return Pending(lambda: reads.append(list(idx)) or [i * 10 for i in idx])
+
+    lengths = [10] * 8
+    out = run_batched(lengths, fn, TokenBudget(40))
+    assert out == [i * 10 for i in range(8)]
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [4, 5], [6, 7]]
+    assert reads == [[0, 1, 2, 3], [4, 5], [6, 7]]
+
+
+def test_pending_batch_with_a_wrong_count_is_an_error():
+    with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
+        run_batched([5, 5], lambda idx: Pending(lambda: ["x"]), TokenBudget(100))
+
+
+def test_resolve_passes_plain_results_through():
+    assert resolve([1, 2]) == [1, 2]
+    assert resolve(Pending(lambda: [3])) == [3]

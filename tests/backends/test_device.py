@@ -19,6 +19,7 @@ from evals.backends.device import (
     gpu_pad_waste,
     kv_budget_tokens,
     merge_ratio,
+    to_device,
 )
 
 
@@ -86,3 +87,25 @@ def test_gpu_pad_waste_of_packed_rows_counts_attention_only():
     padded = gpu_pad_waste(model, 10**12)
     assert gpu_pad_waste(model, 10**12, attention_only=True) == pytest.approx(padded * ratio / 1024, rel=1e-3)
     assert gpu_pad_waste(model, 4000, attention_only=True) == 1000  # still a quarter of the budget at most
+
+
+def test_to_device_pins_and_does_not_wait_on_cuda_only():
+    """On CUDA a host tensor is copied from pinned memory, non-blocking (a plain copy would wait
+    for the device's queued work); blocking when asked; on the CPU the tensor itself."""
+    calls = []
+
+    class _Host:
+        def pin_memory(self):
+            calls.append("pin")
+            return self
+
+        def to(self, device, non_blocking=False):
+            calls.append(("to", str(device), non_blocking))
+            return "copied"
+
+    cuda = torch.device("cuda")
+    assert to_device(_Host(), cuda) == "copied" and calls == ["pin", ("to", "cuda", True)]
+    calls.clear()
+    assert to_device(_Host(), cuda, non_blocking=False) == "copied" and calls == [("to", "cuda", False)]
+    t = torch.arange(3)
+    assert to_device(t, torch.device("cpu")) is t

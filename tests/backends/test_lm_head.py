@@ -28,14 +28,18 @@ def _reference(head, h, slots, targets, softcap=None):
 
 @pytest.mark.parametrize("bias,softcap", [(False, None), (True, None), (False, 30.0)])
 @pytest.mark.parametrize("chunk,rows", [(1024, 16), (8, 4), (6, 3), (5, 3), (4, 7)])
-def test_score_equals_log_softmax(monkeypatch, bias, softcap, chunk, rows):
+@pytest.mark.parametrize("host", [False, True])
+def test_score_equals_log_softmax(monkeypatch, bias, softcap, chunk, rows, host):
     """Pairs in any order, several per position, chunks and slices with ragged ends: the same
     float32 numbers and greedy flags as one log-softmax and argmax over all logits. (The same to
     the last bits where the output layer's product over a chunk's rows gives the bits of the
     product over all rows; on an AMD EPYC it does not, 1e-6 apart, so the numbers are compared
-    to 1e-5.)"""
+    to 1e-5.) With `host_slots` the slices' pairs are counted on the host: nothing read back
+    from the device for them."""
     monkeypatch.setattr(lm_head, "LOGIT_CHUNK", chunk)
     monkeypatch.setattr(lm_head, "LSE_ROWS", rows)
+    if host:
+        monkeypatch.setattr(torch, "searchsorted", None)  # the device path would call it
     torch.manual_seed(0)
     head = torch.nn.Linear(24, 97, bias=bias)
     h = torch.randn(23, 24) * 3
@@ -47,7 +51,7 @@ def test_score_equals_log_softmax(monkeypatch, bias, softcap, chunk, rows):
     scorer = HeadScorer(_Model(head, softcap))
     assert scorer._plain
     with torch.inference_mode():
-        got, greedy = scorer.score(h, slots, targets)
+        got, greedy = scorer.score(h, slots, targets, host_slots=slots.tolist() if host else None)
         ref, ref_greedy = _reference(head, h, slots, targets, softcap)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
     assert torch.equal(greedy, ref_greedy)

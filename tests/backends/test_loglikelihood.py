@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
+from evals.backends import lm_head
+from evals.backends.batching import Pending
 from evals.backends.fast import FastLM
 from tests.backends.prompts import (
     CONTEXTS,
@@ -136,3 +139,52 @@ def test_loglikelihood_rolling_matches_hf(smol):
     reqs = [inst("loglikelihood_rolling", (text,), i) for i, text in enumerate([FEWSHOT, CONTEXTS[2], FEWSHOT[:90]])]
     got, ref = lm.loglikelihood_rolling(reqs), hf.loglikelihood_rolling(reqs, disable_tqdm=True)
     assert len(got) == 3 and all(abs(a - b) < 1e-4 for a, b in zip(got, ref))
+
+
+class _HostReads(TorchFunctionMode):
+    """Records each read of a tensor's values into Python: on a GPU each one waits for the
+    device to finish its queued work."""
+
+    READS = {"tolist", "item", "__bool__", "__int__", "__float__", "__index__", "numpy"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("overlap,grouped,pool", [(True, False, True), (True, True, False), (False, False, True)])
+def test_a_batch_reads_nothing_back_until_the_next_is_queued(smol, hf_ll, monkeypatch, overlap, grouped, pool):
+    """With `overlap`, a trie-row batch (model forward and output layer included) queues all its
+    work without reading a value back (the CPU's greedy test from row maxima, which reads, is
+    replaced by the argmax a GPU runs) and returns a Pending that run_batched reads after
+    queueing the next batch: in one attention group as on the CPU, and in groups of similar
+    length with the few-shot cluster's prefix as a KV cache, as on a GPU. HF's answers either
+    way; without `overlap` the batch reads its results itself."""
+    monkeypatch.setattr(lm_head, "greedy_hits", lambda logp, rows, tgt, vals: logp.argmax(-1)[rows] == tgt)
+    model, tok = smol
+    lm = FastLM(model, tok, max_length=2048, token_budget=64)  # several batches
+    lm.overlap, lm._grouped, lm.pool_clusters = overlap, grouped, pool
+    inner, reads, kinds = lm._score_rows, [], []
+
+    def spy(rows, conts_of):
+        with _HostReads() as m:
+            out = inner(rows, conts_of)
+        reads.extend(m.seen)
+        kinds.append(type(out))
+        return out
+
+    monkeypatch.setattr(lm, "_score_rows", spy)
+    assert_same_ll(lm.loglikelihood(ll_requests(), disable_tqdm=True), hf_ll)
+    assert lm.stats["ll_batches"] >= 3
+    assert (lm.stats["ll_prefix_passes"] > 0) == (not pool)
+    assert (lm.stats["ll_attention_groups"] > lm.stats["ll_batches"]) == grouped
+    if overlap:
+        assert reads == [] and set(kinds) == {Pending}
+    else:
+        assert "tolist" in reads and set(kinds) == {list}
