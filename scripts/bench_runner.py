@@ -148,6 +148,51 @@ def run_once(lm, kind: str, insts, device: str) -> tuple[float, list, int]:
     return secs, out, mem.extra
 
 
+# what torch.cuda.set_sync_debug_mode("warn") says at each operation that makes the host wait
+# for the device (c10/cuda/CUDAFunctions.cpp)
+SYNC_WARNING = "called a synchronizing CUDA operation"
+
+
+def sync_summary(caught: list, stats: dict, top: int = 12) -> dict:
+    """From the warnings of one call (warnings.WarningMessage) and the backend's stats over it:
+    the synchronizing operations in all, per log-likelihood batch and per decoding step where
+    the call had them, and the `top` source lines that made the most."""
+    lines: dict[str, int] = defaultdict(int)
+    for w in caught:
+        if SYNC_WARNING in str(w.message):
+            lines[f"{Path(w.filename).name}:{w.lineno}"] += 1
+    n = sum(lines.values())
+    out: dict = {"syncs": n, "by_line": dict(sorted(lines.items(), key=lambda kv: -kv[1])[:top])}
+    batches = stats.get("ll_batches", 0)
+    if batches:
+        out["ll_batches"] = batches
+        out["syncs_per_ll_batch"] = round(n / batches, 2)
+    if stats.get("gen_tokens", 0):
+        out["gen_tokens"] = stats["gen_tokens"]
+    return out
+
+
+def count_syncs(lm, kind: str, insts, device: str) -> dict | None:
+    """On CUDA, one more call of the fast backend `lm` on `insts` under
+    torch.cuda.set_sync_debug_mode("warn"): where and how often the host waited for the device
+    (sync_summary); None on other devices."""
+    if not device.startswith("cuda"):
+        return None
+    import warnings
+
+    call = lm.loglikelihood if kind == "loglikelihood" else lm.generate_until
+    before = dict(lm.stats)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            call(insts, disable_tqdm=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sync_summary(caught, {k: v - before.get(k, 0) for k, v in lm.stats.items()})
+
+
 class HFOutOfMemory(Exception):
     """HFLM ran out of memory at its fixed batch size (the fast backend backs off by itself)."""
 
@@ -310,6 +355,14 @@ def bench_task(name, hf, fast, tm, args, n_params, head_params, variants: dict |
             "agreement": agreement(kind, insts, outs["hf"], outs[key]),
             "agreement_with_fast": agreement(kind, insts, outs["fast"], outs[key]),
             "stats": {k: v - vbefore[key].get(k, 0) for k, v in lm.stats.items() if v != vbefore[key].get(k, 0)}}
+    if args.count_syncs:  # after the timed calls, so the warnings cost none of their time
+        for key, lm in [("fast", fast), *(variants or {}).items()]:
+            counted = count_syncs(lm, kind, insts, args.device)
+            if counted is not None:
+                (rec[key] if key == "fast" else rec["variants"][key])["host_syncs"] = counted
+                top = ", ".join(f"{k} {v}" for k, v in list(counted["by_line"].items())[:4])
+                print(f"  {name} {key}: {counted['syncs']} host waits ({counted.get('syncs_per_ll_batch', '-')} "
+                      f"per log-likelihood batch); most at {top or '-'}", flush=True)
     if kind == "loglikelihood":
         # the arithmetic ceiling of the speed-up (forward FLOPs of HFLM / of the fast backend)
         used = {k: (fast.stats.get(k, 0) - before.get(k, 0)) // args.repeats for k in fast.stats}
@@ -383,6 +436,10 @@ def main(argv=None) -> int:
     p.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                    help="also run a fast backend with these FastLM options (e.g. cuda_graphs=1), timed in the "
                         "same alternation and compared with both; reported per task under 'variants'")
+    p.add_argument("--count-syncs", action="store_true",
+                   help="CUDA: after the timed calls, run the fast backend (and each variant) once more with "
+                        "torch.cuda.set_sync_debug_mode('warn') and record where the host waited for the device "
+                        "(per task: fast.host_syncs); ignored on other devices")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 avoids OpenMP stalls on a shared, oversubscribed CPU)")

@@ -88,10 +88,12 @@ bench() {  # bench <timeout_s> <json name> <bench_runner args...>
 STEPS=",${BENCH_STEPS:-smoke,mc,gen},"
 step() { [[ "$STEPS" == *",$1,"* ]]; }
 
-# --- smoke: every code path once, small (fails fast, before the long steps) -------------
+# --- smoke: every code path once, small (fails fast, before the long steps); then the fast
+# backend with and without its host/device overlap once more under CUDA's sync debug mode:
+# where the host waits for the device (tasks.<task>.fast.host_syncs, variants["overlap=0"])
 if step smoke; then
   bench 150 gpu_smoke.json --tasks arc_easy,mmlu,gsm8k --limit 16 --repeats 1 --max-gen-toks 16 \
-    || { echo "smoke step failed: stopping"; exit 4; }
+    --count-syncs --variant overlap=0 || { echo "smoke step failed: stopping"; exit 4; }
 fi
 [ "$SCALE" = smoke ] && exit 0
 

@@ -115,3 +115,33 @@ def test_hf_out_of_memory_halves_its_batch_and_a_failed_task_does_not_stop_the_r
         rec = report["tasks"][name]
         assert rec["hf_batch_size"] == 4 and rec["agreement"]["identical_predictions"] == 1.0
     assert report["overall"]["tasks"] == ["arc_easy", "boolq"]
+
+
+def test_count_syncs_counts_where_one_call_made_the_host_wait(monkeypatch):
+    """--count-syncs: the sync-debug warnings of one call, in all, per log-likelihood batch and
+    by source line; the mode is set for the call only; nothing on a CPU."""
+    import warnings
+    from collections import Counter
+
+    import torch
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+
+    class _LM:
+        stats = Counter(ll_batches=5)  # from earlier calls: not counted
+
+        def loglikelihood(self, insts, disable_tqdm=False):
+            for _ in range(4):
+                self.stats["ll_batches"] += 1
+                warnings.warn(bench_runner.SYNC_WARNING, UserWarning)  # the line counted
+                warnings.warn("another warning", UserWarning)
+            return []
+
+    got = bench_runner.count_syncs(_LM(), "loglikelihood", [], "cuda")
+    line = next(k for k in got["by_line"])
+    assert got["syncs"] == 4 and got["ll_batches"] == 4 and got["syncs_per_ll_batch"] == 1.0
+    assert got["by_line"] == {line: 4} and line.startswith("test_bench_runner.py:")
+    assert modes == ["warn", "default"]
+    assert bench_runner.count_syncs(_LM(), "loglikelihood", [], "cpu") is None
