@@ -429,11 +429,13 @@ class LoglikelihoodMixin:
         self.stats["ll_scored_positions"] += len(flat_pos)
         n_req = len(req_keys)
         total = torch.zeros(n_req, dtype=torch.float64, device=dev).index_add_(0, pr, logp_pairs.double())
-        miss = torch.zeros(n_req, dtype=torch.long, device=dev).index_add_(0, pr, (~hits).long())
+        miss = torch.zeros(n_req, dtype=torch.float64, device=dev).index_add_(0, pr, (~hits).double())
+        both = torch.stack([total, miss])  # read back in one copy
 
         def results() -> list[list]:
             out: list[list] = [[] for _ in range(B)]
-            for (b, key), lp, m in zip(req_keys, total.tolist(), miss.tolist()):
+            lps, misses = both.tolist()
+            for (b, key), lp, m in zip(req_keys, lps, misses):
                 out[b].append((key, (float(lp), m == 0)))
             return out
 
