@@ -233,8 +233,9 @@ def run_batched(
 
     `fn(indices)` returns one result per index, or a Pending that resolves to them: that batch
     is read back only after the next batch has been queued (fn called), so a device runs the
-    next batch while the host reads this one and prepares the one after. On out-of-memory the budget is halved and
-    the same items are retried in smaller batches; finished results are never recomputed.
+    next batch while the host reads this one and prepares the one after. On out-of-memory the
+    budget is halved and the same items are retried in smaller batches; finished results (a
+    pending batch's too) are never recomputed.
     A single item that runs out of memory twice re-raises the error. Items with different
     `keys` never share a batch; `pad_lengths` see take_batch; `pad_ratio` overrides
     budget.max_pad_ratio and `pad_waste` budget.max_pad_waste; `packed()` says whether the next
