@@ -68,9 +68,9 @@ class HeadScorer:
               host_slots: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states h [N, D] of scored positions; pairs (slots[i], targets[i]). Returns the
         pairs' log-probabilities (float32 [P]) and whether each pair's target is its position's
-        greedy token (bool [P]). `host_slots`: the same slots as a host list, so that the
-        slices' pairs are counted on the host, not read back from the device (on a GPU the call
-        then queues its work without waiting for the forward pass)."""
+        greedy token (bool [P]). The slices' pairs are counted on the host, from `host_slots` (the
+        same slots as a host list) if given, so that nothing is read back from the device (on a
+        GPU the call then queues its work without waiting for the forward pass)."""
         n = h.shape[0]
         logp_pairs = torch.empty(slots.shape[0], dtype=torch.float32, device=h.device)
         hits = torch.empty(slots.shape[0], dtype=torch.bool, device=h.device)
@@ -82,12 +82,8 @@ class HeadScorer:
                   for s0 in range(c0, c1, step)]
         # the pairs of each slice: a run of the pairs sorted by position
         order = torch.argsort(slots, stable=True)
-        edges = [sl[2] for sl in slices] + [n]
-        if host_slots is not None:
-            ordered = sorted(host_slots)
-            bounds = [bisect.bisect_left(ordered, e) for e in edges]
-        else:
-            bounds = torch.searchsorted(slots[order], torch.tensor(edges, device=h.device)).tolist()
+        ordered = sorted(host_slots if host_slots is not None else slots.tolist())
+        bounds = [bisect.bisect_left(ordered, e) for e in [sl[2] for sl in slices] + [n]]
         for j, (c0, c1, s0, s1) in enumerate(slices):
             if s0 == c0:
                 logits = self.logits(h[c0:c1])

@@ -428,9 +428,9 @@ class LoglikelihoodMixin:
         del h
         self.stats["ll_scored_positions"] += len(flat_pos)
         n_req = len(req_keys)
-        total = torch.zeros(n_req, dtype=torch.float64, device=dev).index_add_(0, pr, logp_pairs.double())
-        miss = torch.zeros(n_req, dtype=torch.float64, device=dev).index_add_(0, pr, (~hits).double())
-        both = torch.stack([total, miss])  # read back in one copy
+        # per request: its log-likelihood and its count of non-greedy tokens, read back in one copy
+        both = torch.zeros(2, n_req, dtype=torch.float64, device=dev).index_add_(
+            1, pr, torch.stack([logp_pairs.double(), (~hits).double()]))
 
         def results() -> list[list]:
             out: list[list] = [[] for _ in range(B)]
