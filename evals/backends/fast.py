@@ -71,6 +71,10 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
     # kernel launches per layer and step (unmeasured there); on the CPU, BBH with 10 prompts per
     # task x 64 tokens took 0.401x the time (results/bench/cpu_smollm2_bbh_mixed_ab.json)
     mix_clusters: bool | None = None
+    # a decoding step's attention reads each row's own keys from its first valid one, by runs of
+    # rows (row_runs.py), not the batch's left padding, so a generation batch takes rows of any
+    # length. None: not on CUDA, where each run adds kernel launches to a launch-bound step
+    decode_runs: bool | None = None
     # loglikelihood's strings are encoded ahead in batched tokenizer calls (pretokenize.py)
     pretokenize = True
     # a log-likelihood batch goes to the device without the host waiting (pinned, non-blocking
@@ -176,6 +180,9 @@ class FastLM(LoglikelihoodMixin, GreedyMixin, TemplateLM):
                                  and self.attention_padding else 0.0)
         # greedy decoding reads a shared few-shot prefix once per batch (prefix_attention.py)
         self._shared_decode = self.shared_prefix_decode and supports_shared_prefix(model, self.max_length)
+        # decoding attention by runs of rows (row_runs.py), where attention goes through the interface
+        self._row_runs = (bool(self.decode_runs) if self.decode_runs is not None else self._device.type != "cuda") \
+            and supports_packed(model) and isinstance(self._n_layers, int)
         # ... within the sliding window, if any (set per generation call: the prefix is read whole)
         self._within_window = True
         self._prefill_pad_waste = 0  # padded tokens a prefill group may hold beyond the ratio rule

@@ -37,6 +37,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
 
@@ -50,6 +51,7 @@ from evals.backends.hf_generate import STATIC_LEN_BUCKET, GenerateMixin
 from evals.backends.kv_cache import compact_cache, compact_order, fill_rows, out_cache, reserve_cache, widen_cache
 from evals.backends.planning import SHARE_MIN, plan_generation
 from evals.backends.prefix_attention import PREFIX_KW, MultiPrefix, Prefix, cache_kv, shared_prefix
+from evals.backends.row_runs import RUNS_KW, RowRuns, row_runs
 from evals.backends.stops import StopCheck, stop_free_ids
 
 log = logging.getLogger(__name__)
@@ -97,9 +99,11 @@ class GreedyMixin(GenerateMixin):
             # groups and whose KV cache is reserved; transformers' generate gets the log-likelihood rules
             budget = self.gen_budget if greedy and not self.static_cache else self.budget
             waste = gen_pad_waste(self.model, self._device, budget.tokens) if budget is self.gen_budget else None
+            self._within_window = self._window is None or max(map(len, prompts)) + max_gen <= self._window
+            # ... but where decoding reads no left padding (row_runs.py), a batch takes rows of any length
+            cut_waste = budget.tokens if waste is not None and self._row_runs and self._within_window else waste
             # a cluster's shared prefix is held once per batch, not once per row, when read in place;
             # then clusters may also share a batch, each row reading its own prefix (mix_clusters)
-            self._within_window = self._window is None or max(map(len, prompts)) + max_gen <= self._window
             in_place = greedy and not self.static_cache and self._shared_decode and self._within_window
             mixing = self._device.type != "cuda" if self.mix_clusters is None else self.mix_clusters
             mix = budget.tokens if in_place and mixing and self.reserve_kv and self._widen_prefill else 0
@@ -114,7 +118,7 @@ class GreedyMixin(GenerateMixin):
                 fn = lambda ix: self._hf_generate_batch([prompts[j] for j in ix], until, max_gen, kwargs)  # noqa: E731
             try:
                 with torch.inference_mode(), attention_kernels(self._device):
-                    texts = run_batched(lengths, fn, budget, clusters, pad, GEN_PAD_RATIO, pad_waste=waste)
+                    texts = run_batched(lengths, fn, budget, clusters, pad, GEN_PAD_RATIO, pad_waste=cut_waste)
             finally:
                 self._prefix = None
             for i, text in zip(idxs, texts):
@@ -320,6 +324,23 @@ class GreedyMixin(GenerateMixin):
 
             if graph_decode.decode(forward, logits, cache, mask, next_pos, pre, stops, max_gen, self.stats):
                 return stops.texts()
+        # the rows' own keys read from each row's first valid one (row_runs.py), on the CPU: with no
+        # prefix read in place through the model's SDPA, else in the prefix's own-key attention
+        runs = None
+        if self._row_runs and self._within_window:
+            runs = RowRuns()
+            if pre is None:
+                kw[RUNS_KW] = runs
+            else:
+                pre.row_runs = runs
+        with row_runs(self.model) if runs is not None and pre is None else contextlib.nullcontext():
+            return self._decode_loop(logits, cache, mask, next_pos, pre, runs, kw, stops)
+
+    def _decode_loop(self, logits, cache, mask, next_pos, pre: Prefix | None, runs: RowRuns | None, kw: dict,
+                     stops: StopCheck) -> list[str]:
+        """_decode_steps' eager steps: the next tokens, finished rows out (compact_cache), one
+        forward pass of the live rows (`kw`: the cache and any prefix or runs), until none is left."""
+        B = logits.shape[0]
         active = list(range(B))  # original row of each live batch row
         while True:
             nxt = logits.argmax(-1).tolist()
@@ -338,8 +359,19 @@ class GreedyMixin(GenerateMixin):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             if pre is not None:
                 pre.set_valid(mask.bool())
+            elif runs is not None:
+                runs.set_valid(mask.bool())
+                runs.calls = 0
             out = self.model(input_ids=step, attention_mask=None if pre is not None else mask, position_ids=next_pos,
                              use_cache=True, logits_to_keep=1, **kw)
+            if runs is not None and pre is None and runs.calls != self._n_layers:
+                # the model's attention bypassed the interface (and took the mask, as SDPA): no runs from now on
+                log.warning("%d of %d attention layers decoded by runs of rows; this model decodes over the whole "
+                            "padded width from now on", runs.calls, self._n_layers)
+                self._row_runs = False
+                runs = None
+                kw.pop(RUNS_KW)
+            self.stats["gen_attention_runs"] += len(runs.runs) if runs is not None else 0
             logits = out.logits[:, -1, :]
             next_pos = next_pos + 1
         return stops.texts()

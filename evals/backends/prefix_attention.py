@@ -45,6 +45,7 @@ import torch
 
 from evals.backends.packed_attention import attention_implementation, register, sdpa_attention_forward
 from evals.backends.packed_attention import supports as routes_attention
+from evals.backends.row_runs import RowRuns, over_runs
 from evals.errors import first_line
 
 SHARED = "phi2eval_shared_prefix"
@@ -69,6 +70,7 @@ class Prefix:
     values: list[torch.Tensor]
     valid: torch.Tensor | None = None
     calls: int = 0
+    row_runs: RowRuns | None = None  # decoding steps: own keys read by runs of rows (row_runs.py)
     _masks: dict = field(default_factory=dict, repr=False)  # masks built from `valid`, per shape
     _layers: list = field(default_factory=list, repr=False)  # per layer (keys transposed, values)
 
@@ -76,6 +78,8 @@ class Prefix:
         """New own-key mask (each decoding step); the masks built from the old one are dropped."""
         self.valid = valid
         self._masks.clear()
+        if self.row_runs is not None:
+            self.row_runs.set_valid(valid)
 
     def own_mask(self, q: int, L: int, rep: int, S: int = 0) -> torch.Tensor:
         """Additive float32 mask [B, 1, rep * q, S + L]: 0 over S prefix keys (all visible),
@@ -244,18 +248,22 @@ def _attention_lse(query, key, value, bias, scale: float) -> tuple[torch.Tensor,
     raise NotImplementedError(f"no fused attention kernel with log-sum-exp on {query.device.type}")
 
 
-def lse_prefix_attention(query, key, value, prefix_k, prefix_v, bias, scale: float) -> torch.Tensor:
+def lse_prefix_attention(query, key, value, prefix_k, prefix_v, bias, scale: float,
+                         runs: list | None = None) -> torch.Tensor:
     """prefix_attention for one query per row (a decoding step) from two fused kernels: every
     row's queries against the prefix's one copy ([1, kvH, S, d]: the rows' queries of one key
-    head stacked as one sequence) and each row's against its own keys (`bias`: Prefix.own_bias),
-    merged by their log-sum-exps: o = o_own + sigmoid(lse_pre - lse_own) (o_pre - o_own), the
-    softmax over both parts (in float32). Returns [B, 1, H, dv]."""
+    head stacked as one sequence) and each row's against its own keys (`bias`: Prefix.own_bias;
+    `runs`: by runs of rows from their first valid key, row_runs.over_runs), merged by their
+    log-sum-exps: o = o_own + sigmoid(lse_pre - lse_own) (o_pre - o_own), the softmax over both
+    parts (in float32). Returns [B, 1, H, dv]."""
     B, H, _, d = query.shape
     kvH = key.shape[1]
     rq = H // kvH
     qg = query.reshape(B, kvH, rq, d)  # grouped-query heads of one key head as its queries
     o_pre, lse_pre = _attention_lse(qg.transpose(0, 1).reshape(1, kvH, B * rq, d), prefix_k, prefix_v, None, scale)
-    o_own, lse_own = _attention_lse(qg, key, value, bias, scale)  # [B, kvH, rq, dv], [B, kvH, rq]
+    own = lambda q, k, v, b: _attention_lse(q, k, v, b, scale)  # noqa: E731
+    # [B, kvH, rq, dv], [B, kvH, rq]
+    o_own, lse_own = own(qg, key, value, bias) if runs is None else over_runs(own, runs, qg, key, value, bias)
     w = torch.sigmoid(lse_pre.view(kvH, B, rq).transpose(0, 1) - lse_own).unsqueeze(-1)
     o_pre = o_pre.view(kvH, B, rq, -1).transpose(0, 1)
     if o_own.dtype == torch.float32:
@@ -274,7 +282,8 @@ def _decode_attention(query, key, value, pre: "Prefix", i: int, scale: float) ->
     out = None
     if LSE_PATH.get(state) is not False:
         try:
-            out = lse_prefix_attention(query, key, value, pre.keys[i], pre.values[i], pre.own_bias(L, query.dtype), scale)
+            out = lse_prefix_attention(query, key, value, pre.keys[i], pre.values[i], pre.own_bias(L, query.dtype), scale,
+                                       pre.row_runs.runs if pre.row_runs is not None else None)
         except torch.cuda.OutOfMemoryError:
             raise
         except (NotImplementedError, RuntimeError) as exc:
@@ -293,20 +302,24 @@ def _decode_attention(query, key, value, pre: "Prefix", i: int, scale: float) ->
     return ref
 
 
-def multi_prefix_attention(query, key, value, segments, scaling: float | None, own_mask: torch.Tensor) -> torch.Tensor:
+def multi_prefix_attention(query, key, value, segments, scaling: float | None, own_mask: torch.Tensor,
+                           runs: list | None = None) -> torch.Tensor:
     """Attention of a batch whose rows read different prefixes: `segments` lists (row indices,
     prefix keys [1, kvH, S, d], prefix values) and each row's queries see its own segment's
-    prefix and its valid own keys (`own_mask`, additive [B, 1, rep * q, L]). Exact: one
-    softmax per row over both parts, taken as exp(score - the row's max), summed over the own
-    keys for all rows at once and over each segment's prefix for its rows, then divided
-    (float32). Returns [B, q, H, d]."""
+    prefix and its valid own keys (`own_mask`, additive [B, 1, rep * q, L]; `runs`: the own keys
+    read by runs of rows (b0, b1, first column) from their first valid key, row_runs.py).
+    Exact: one softmax per row over both parts, taken as exp(score - the row's max), summed over
+    the own keys for all rows at once (per run) and over each segment's prefix for its rows,
+    then divided (float32). Returns [B, q, H, d]."""
     B, H, q, d = query.shape
     kvH = key.shape[1]
     rq = (H // kvH) * q
     scale = scaling if scaling is not None else d ** -0.5
     qg = query.reshape(B, kvH, rq, d)
-    s_own = torch.matmul(qg, key.transpose(-1, -2)).float().mul_(scale) + own_mask  # [B, kvH, rq, L]
-    top = s_own.amax(-1, keepdim=True)
+    runs = runs or [(0, B, 0)]
+    s_own = [torch.matmul(qg[b0:b1], key[b0:b1, :, s:].transpose(-1, -2)).float().mul_(scale) + own_mask[b0:b1, ..., s:]
+             for b0, b1, s in runs]  # [rows, kvH, rq, L - s] per run
+    top = torch.cat([x.amax(-1, keepdim=True) for x in s_own])
     pre = []
     for idx, kp, _ in segments:
         n, S = idx.numel(), kp.shape[2]
@@ -314,9 +327,10 @@ def multi_prefix_attention(query, key, value, segments, scaling: float | None, o
         sp = torch.matmul(qs, kp[0].transpose(-1, -2)).view(kvH, n, rq, S).transpose(0, 1).float().mul_(scale)
         top[idx] = torch.maximum(top[idx], sp.amax(-1, keepdim=True))
         pre.append(sp)
-    e = torch.exp(s_own - top)
-    z = e.sum(-1, keepdim=True)
-    out = torch.matmul(e.to(value.dtype), value).float()  # [B, kvH, rq, dv]
+    e = [torch.exp(x - top[b0:b1]) for (b0, b1, _), x in zip(runs, s_own)]
+    z = torch.cat([x.sum(-1, keepdim=True) for x in e])
+    out = torch.cat([torch.matmul(x.to(value.dtype), value[b0:b1, :, s:]).float()
+                     for (b0, b1, s), x in zip(runs, e)])  # [B, kvH, rq, dv]
     for (idx, kp, vp), sp in zip(segments, pre):
         n, S = idx.numel(), kp.shape[2]
         ep = torch.exp(sp - top[idx])
@@ -347,7 +361,8 @@ def prefix_attention_forward(module, query, key, value, attention_mask, **kwargs
         pre.calls += 1
         mask = pre.own_mask(1, key.shape[2], query.shape[1] // key.shape[1])
         segments = [(idx, p.keys[i], p.values[i]) for idx, p in pre.rows_of]
-        return multi_prefix_attention(query, key, value, segments, kwargs.get("scaling"), mask), None
+        runs = pre.row_runs.runs if pre.row_runs is not None else None
+        return multi_prefix_attention(query, key, value, segments, kwargs.get("scaling"), mask, runs), None
     pk, pv = pre.keys[i], pre.values[i]
     pre.calls += 1
     if query.shape[2] == 1:  # a decoding step: the prefix is read once for all rows
