@@ -101,7 +101,8 @@ class GreedyMixin(GenerateMixin):
             waste = gen_pad_waste(self.model, self._device, budget.tokens) if budget is self.gen_budget else None
             self._within_window = self._window is None or max(map(len, prompts)) + max_gen <= self._window
             # ... but where decoding reads no left padding (row_runs.py), a batch takes rows of any length
-            cut_waste = budget.tokens if waste is not None and self._row_runs and self._within_window else waste
+            runs = self._row_runs and self._within_window and not self.cuda_graphs
+            cut_waste = budget.tokens if waste is not None and runs else waste
             # a cluster's shared prefix is held once per batch, not once per row, when read in place;
             # then clusters may also share a batch, each row reading its own prefix (mix_clusters)
             in_place = greedy and not self.static_cache and self._shared_decode and self._within_window
