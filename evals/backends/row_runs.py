@@ -14,8 +14,9 @@ RUN_COST per run, in the rows' current order (which compaction changes), and cha
 the rows' starts do. Each run is the same attention as before on fewer columns: the columns it
 leaves out are masked out for every row of the run.
 
-Used on the CPU only (FastLM.row_runs): on a GPU a decoding step is bound by launching
-kernels, and each run adds its own.
+Used on the CPU only (FastLM.decode_runs): on a GPU a decoding step is bound by launching
+kernels, and each run adds its own. Not with --cuda-graphs, whose fixed-shape steps read the
+whole width, nor past a sliding window (the masks built here do not encode one).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from evals.backends.packed_attention import attention_implementation, register, 
 
 RUNS = "phi2eval_row_runs"
 RUNS_KW = "phi2eval_runs"
-# a run's fixed cost in keys read: one more attention call per layer and step (about 25 us on
-# the CPU, SmolLM2-135M) against one key and value of one layer (1.5 KiB, about 0.1 us)
+# a run's fixed cost in keys read: one more attention call per layer and step (estimated at about
+# 25 us on the CPU) against one key and value of one layer of SmolLM2-135M (1.5 KiB, about 0.1 us
+# at 15 GB/s); an estimate, not swept: BBH quick took 0.643x the time with it
 RUN_COST = 256
 
 
