@@ -71,34 +71,22 @@ def cut_runs(starts: list[int], cost: int = RUN_COST) -> list[tuple[int, int, in
 
 @dataclass
 class RowRuns:
-    """The rows' own-key mask `valid` [rows, L] of a decoding batch and its runs (cut_runs; one
-    run from column 0 where `valid` is not left padding); calls: attention layers that ran here."""
+    """The runs of a decoding batch's rows (cut_runs; one run from column 0 where their own-key
+    mask is not left padding); calls: attention layers that ran here."""
 
-    valid: torch.Tensor | None = None
     runs: list = field(default_factory=list)
     calls: int = 0
     cost: int | None = None  # a run's fixed cost in keys read (None: RUN_COST)
     _starts: list | None = field(default=None, repr=False)
-    _bias: dict = field(default_factory=dict, repr=False)
 
     def set_valid(self, valid: torch.Tensor) -> None:
-        """New own-key mask (each decoding step); the runs are cut again when the rows' first
-        valid keys changed (a new batch, or rows compacted)."""
-        self.valid = valid
-        self._bias.clear()
+        """The rows' own-key mask `valid` [rows, L] of this step; the runs are cut again when the
+        rows' first valid keys changed (a new batch, or rows compacted)."""
         starts = starts_of(valid)
         if starts is None:
             self._starts, self.runs = None, [(0, valid.shape[0], 0)]
         elif starts != self._starts:
             self._starts, self.runs = starts, cut_runs(starts, RUN_COST if self.cost is None else self.cost)
-
-    def bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """Additive mask [rows, 1, 1, L] in `dtype` (0 over valid keys, -inf elsewhere), built
-        once per step and shared by the layers."""
-        if dtype not in self._bias:
-            v = self.valid[:, None, None, :]
-            self._bias[dtype] = torch.zeros(v.shape, dtype=dtype, device=v.device).masked_fill_(~v, float("-inf"))
-        return self._bias[dtype]
 
 
 def over_runs(attend, runs: list, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -117,21 +105,22 @@ def over_runs(attend, runs: list, query: torch.Tensor, key: torch.Tensor, value:
 def row_runs_forward(module, query, key, value, attention_mask, **kwargs):
     """AttentionInterface function: a decoding step (one query per row) with the `phi2eval_runs`
     keyword (a RowRuns) runs transformers' SDPA over each run of rows from its first valid
-    column, under the RowRuns' mask (`attention_mask`, the same keys as a 4-D mask, is not
-    used); anything else is plain SDPA. Returns ([rows, 1, H, d], None)."""
+    column, under that run's part of `attention_mask` (the 4-D mask transformers builds for SDPA,
+    see _register); anything else is plain SDPA. Returns ([rows, 1, H, d], None)."""
     rr: RowRuns | None = kwargs.pop(RUNS_KW, None)
     if rr is None or query.shape[2] != 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     rr.calls += 1
     kw = {**kwargs, "is_causal": False}
     out = over_runs(lambda q, k, v, b: sdpa_attention_forward(module, q, k, v, b, **kw)[0],
-                    rr.runs, query, key, value, rr.bias(query.dtype))
+                    rr.runs, query, key, value, attention_mask)
     return out, None
 
 
 def _register() -> bool:
-    """RUNS as an attention implementation, whose 4-D masks transformers builds as for SDPA: a
-    model whose attention bypasses the interface still gets its mask."""
+    """RUNS as an attention implementation, whose 4-D masks transformers builds as for SDPA: the
+    runs take their part of it, and a model whose attention bypasses the interface still gets
+    its mask."""
     if not register(RUNS, row_runs_forward):
         return False
     try:

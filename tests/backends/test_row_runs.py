@@ -74,7 +74,7 @@ def test_runs_attention_equals_sdpa_over_the_padded_rows():
     rr = RowRuns(cost=1)
     rr.set_valid(valid)
     assert rr.runs == [(0, 2, 0), (2, 3, 30), (3, 4, 31), (4, 5, 70), (5, 6, 5)]
-    got, _ = row_runs_forward(module, q, k, v, None, **{row_runs.RUNS_KW: rr})
+    got, _ = row_runs_forward(module, q, k, v, valid[:, None, None, :], **{row_runs.RUNS_KW: rr})
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
     assert rr.calls == 1
 
