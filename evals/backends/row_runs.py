@@ -31,7 +31,8 @@ RUNS = "phi2eval_row_runs"
 RUNS_KW = "phi2eval_runs"
 # a run's fixed cost in keys read: one more attention call per layer and step (estimated at about
 # 25 us on the CPU) against one key and value of one layer of SmolLM2-135M (1.5 KiB, about 0.1 us
-# at 15 GB/s); an estimate, not swept: BBH quick took 0.643x the time with it
+# at 15 GB/s). Not a sensitive choice: BBH quick decoded in the same time, within this CPU's
+# noise, at 64, 256, 1024 and 4096 (1.006x to 1.204x the valid keys read; bench_run_cost.py)
 RUN_COST = 256
 
 

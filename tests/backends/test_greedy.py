@@ -119,6 +119,46 @@ def test_grouped_prefill_gives_the_whole_batch_texts(smol, prompts, in_place):
     assert runs[0][1] > 1 and runs[1][1] == 1
 
 
+def test_long_prompts_without_a_prefix_prefill_alone_with_causal_attention(smol, monkeypatch):
+    """On the CPU a prompt of SOLO_PREFILL tokens or more with no prefix in its cache prefills
+    alone: its attention gets no mask (SDPA's causal kernel), shorter prompts keep their
+    groups, and the texts are the grouped prefill's. Under a prefix nothing changes."""
+    from evals.backends import greedy
+
+    model, tok = smol
+    enc = [tok(p)["input_ids"] for p in GEN_PROMPTS]
+    lm = FastLM(model, tok, max_length=2048)
+    monkeypatch.setattr(greedy, "SOLO_PREFILL", 10 ** 9)
+    grouped = lm._prefill_groups(enc, 0, None)
+    under_prefix = lm._prefill_groups(enc, 50, None)
+    with torch.inference_mode():
+        ref = lm._greedy_batch(enc, ["\n\n"], 10)
+    cut = sorted(map(len, enc))[len(enc) // 2]
+    monkeypatch.setattr(greedy, "SOLO_PREFILL", cut)
+    groups = lm._prefill_groups(enc, 0, None)
+    assert sorted(i for g in groups for i in g) == list(range(len(enc)))
+    assert all(len(g) == 1 for g in groups if len(enc[g[0]]) >= cut)
+    assert [g for g in groups if len(enc[g[0]]) < cut] == \
+        [[i for i in g if len(enc[i]) < cut] for g in grouped if any(len(enc[i]) < cut for i in g)]
+    assert len(groups) > len(grouped)
+    assert lm._prefill_groups(enc, 50, None) == under_prefix
+
+    masks = []  # (query length, mask given, is_causal) of each attention call that prefills
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, *a, **kw):
+        if q.shape[2] == k.shape[2]:  # a prefill (no prefix): as many queries as keys
+            masks.append((q.shape[0], attn_mask is not None, kw.get("is_causal")))
+        return sdpa(q, k, v, attn_mask, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.inference_mode():  # lm has run its probe
+        assert lm._greedy_batch(enc, ["\n\n"], 10) == ref
+    alone = sum(len(g) == 1 for g in groups)  # the long prompts, and any short one grouped alone
+    assert masks.count((1, False, True)) == alone * lm._n_layers  # causal, no mask
+    assert len(masks) == len(groups) * lm._n_layers
+
+
 def test_grouped_prefill_falls_back_when_the_cache_cannot_be_widened(smol, monkeypatch, caplog):
     from evals.backends import greedy
 
