@@ -31,8 +31,9 @@ from evals.backends import row_runs  # noqa: E402
 
 
 def end_to_end(model, tok, info: dict, args, costs: list[int]) -> dict:
-    """Part 2: the workload's greedy decoding under each RUN_COST, alternating; per value the
-    best decoding seconds, attention runs, and texts differing from the first value's."""
+    """The workload's greedy decoding under each RUN_COST, alternating; per value the decoding
+    seconds, attention runs, keys read over valid keys, and texts differing from the first
+    value's. RUN_COST and RowRuns.set_valid (wrapped to count keys) are restored after."""
     from lm_eval.tasks import TaskManager
 
     from bench_runner import build_requests
@@ -64,26 +65,28 @@ def end_to_end(model, tok, info: dict, args, costs: list[int]) -> dict:
         keys["read"] += sum((b1 - b0) * (L - s) for b0, b1, s in self.runs)
         keys["valid"] += int(valid.sum())
 
+    default = row_runs.RUN_COST
     row_runs.RowRuns.set_valid = counted_set_valid
     rec = {c: {"decode_s": [], "total_s": []} for c in costs}
     texts = {}
-    for r in range(args.rounds):
-        for c in costs if r % 2 == 0 else costs[::-1]:
-            row_runs.RUN_COST = c
-            before = dict(lm.stats)
-            decoding[0] = 0.0
-            keys.update(read=0, valid=0)
-            t = time.perf_counter()
-            texts[c] = lm.generate_until(insts, disable_tqdm=True)
-            rec[c]["total_s"].append(round(time.perf_counter() - t, 2))
-            rec[c]["decode_s"].append(round(decoding[0], 2))
-            steps = lm.stats["gen_tokens"] - before.get("gen_tokens", 0)
-            runs = lm.stats["gen_attention_runs"] - before.get("gen_attention_runs", 0)
-            rec[c]["row_tokens"] = steps
-            rec[c]["attention_runs"] = runs
-            rec[c]["keys_read_over_valid"] = round(keys["read"] / max(1, keys["valid"]), 3)
-            print(f"  round {r} cost {c:>6}: decode {decoding[0]:7.2f} s, total {rec[c]['total_s'][-1]:7.2f} s, "
-                  f"{runs} attention runs, keys read / valid {rec[c]['keys_read_over_valid']}", flush=True)
+    try:
+        for r in range(args.rounds):
+            for c in costs if r % 2 == 0 else costs[::-1]:
+                row_runs.RUN_COST = c
+                before = dict(lm.stats)
+                decoding[0] = 0.0
+                keys.update(read=0, valid=0)
+                t = time.perf_counter()
+                texts[c] = lm.generate_until(insts, disable_tqdm=True)
+                rec[c]["total_s"].append(round(time.perf_counter() - t, 2))
+                rec[c]["decode_s"].append(round(decoding[0], 2))
+                rec[c]["row_tokens"] = lm.stats["gen_tokens"] - before.get("gen_tokens", 0)
+                runs = rec[c]["attention_runs"] = lm.stats["gen_attention_runs"] - before.get("gen_attention_runs", 0)
+                rec[c]["keys_read_over_valid"] = round(keys["read"] / max(1, keys["valid"]), 3)
+                print(f"  round {r} cost {c:>6}: decode {decoding[0]:7.2f} s, total {rec[c]['total_s'][-1]:7.2f} s, "
+                      f"{runs} attention runs, keys read / valid {rec[c]['keys_read_over_valid']}", flush=True)
+    finally:
+        row_runs.RUN_COST, row_runs.RowRuns.set_valid = default, set_valid
     base = costs[0]
     for c in costs:
         rec[c]["differing_texts"] = sum(a != b for a, b in zip(texts[base], texts[c]))
