@@ -40,6 +40,14 @@ def resolve_rev(rev: str) -> str:
                           text=True).stdout.strip()
 
 
+def evals_diff() -> str:
+    """The working tree's uncommitted change to evals/ (what the new side runs beyond HEAD), as
+    `git diff` prints it; '' when there is none. Recorded, so that a record made with an edited
+    constant says which."""
+    return subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", "evals"], capture_output=True,
+                          text=True).stdout
+
+
 def load_old_fastlm(rev: str):
     """FastLM class of the `evals` package at git revision `rev`, loaded as a package of its own
     whose modules import each other (not the working tree's), whose attention implementations
@@ -102,7 +110,7 @@ def main(argv=None) -> int:
     record = {"command": " ".join(["python", *sys.argv]), "rev": args.rev, "rev_commit": resolve_rev(args.rev),
               "new_options": new_opts,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": git_commit(),
-              "device_name": cpu_model(), "torch_threads": torch.get_num_threads(), "tasks": {}}
+              "evals_diff": evals_diff()[:8000], "device_name": cpu_model(), "torch_threads": torch.get_num_threads(), "tasks": {}}
     print(f"{'task':<14}{'old s':>14}{'new s':>14}{'new/old':>9}{'max|dLL| or differing texts':>30}", flush=True)
     for name in args.tasks.split(","):
         kind, insts = build_requests(name, args.limit, tm, args.max_gen_toks, args.per_task)

@@ -67,7 +67,9 @@ GEN_PREFILL_SHARE = 0.25
 # on the CPU a prompt of at least this many tokens with no prefix before it in its cache prefills
 # alone: unpadded, its attention needs no mask and SDPA skips the causal mask's upper half, which
 # a padded group's mask makes it compute (BBH's 27 prompts at one per task, 238 to 2507 tokens,
-# prefilled in 0.843x the time; HumanEval's, 140 tokens on average, took 1.14x alone: they group)
+# prefilled in 0.843x the time; HumanEval's, 140 tokens on average, took 1.14x alone: they group).
+# Swept on 2026-12-07 (docs/speed.md): 256 put HumanEval's prefill at 1.06x of 512's time, 1024
+# BBH's at 1.24x
 SOLO_PREFILL = 512
 
 

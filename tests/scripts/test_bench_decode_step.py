@@ -52,3 +52,21 @@ def test_old_revision_runs_its_own_modules():
     from evals.backends import prefix_attention
 
     assert prefix_attention.SHARED == "phi2eval_shared_prefix"
+
+
+def test_ab_records_name_the_working_trees_change_to_evals(tmp_path, monkeypatch):
+    """bench_backend_ab's record carries the uncommitted diff of evals/ (the new side's edit of a
+    constant, say), and nothing when the tree is clean."""
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "greedy.py").write_text("SOLO_PREFILL = 512\n")
+    (tmp_path / "notes.txt").write_text("a\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    monkeypatch.setattr(bench_backend_ab, "ROOT", tmp_path)
+    (tmp_path / "notes.txt").write_text("b\n")  # outside evals/: not the backend's change
+    assert bench_backend_ab.evals_diff() == ""
+    (tmp_path / "evals" / "greedy.py").write_text("SOLO_PREFILL = 1024\n")
+    diff = bench_backend_ab.evals_diff()
+    assert "-SOLO_PREFILL = 512" in diff and "+SOLO_PREFILL = 1024" in diff and "notes" not in diff
