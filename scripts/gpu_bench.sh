@@ -11,7 +11,9 @@
 # BENCH_STEPS picks steps (default smoke,mc,gen; also decodestep, probe, gengraph, genbbh, genexpanded,
 # genstatic, fp32). Next GPU session: BENCH_STEPS=smoke,decodestep,mc,gen,genbbh,genstatic
 # (gen times the --cuda-graphs decoding in the same process since 2026-12-06: gengraph is not needed)
-# BENCH_DEVICE=cpu BENCH_SCALE=smoke BENCH_MODEL=random:tiny-phi rehearse it on a CPU machine.
+# BENCH_DEVICE=cpu BENCH_SCALE=smoke BENCH_MODEL=random:tiny-phi rehearse it on a CPU machine
+# (tests/scripts/test_gpu_bench.py does); every step: BENCH_HF_BATCH=16 BENCH_TIME_FACTOR=5
+# BENCH_DEADLINE_S=5000 BENCH_STEPS=smoke,decodestep,probe,mc,gen,gengraph,genbbh,genexpanded,genstatic,fp32
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$(date +%s)
@@ -22,6 +24,9 @@ exec > >(tee -a "$LOG") 2>&1
 DEVICE=${BENCH_DEVICE:-cuda}
 SCALE=${BENCH_SCALE:-full}
 MODEL=${BENCH_MODEL:-random:phi-2}
+# HFLM's batch size in the timed steps (fp32 keeps 16): 64 on the GPU; a CPU rehearsal of the mc
+# step needs 16 (at 64, HFLM's MMLU logits alone ask for 26 GB of a 24 GiB machine)
+HFB=${BENCH_HF_BATCH:-64}
 # TOKENIZERS_PARALLELISM is left alone, as a user's run leaves it: the fast backend tokenises a
 # call's strings in batches that the tokenizer encodes on every core (pretokenize.py)
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -30,9 +35,13 @@ elapsed() { echo $(( $(date +%s) - START )); }
 # copying results back): its timeout is cut to what is left, and a step with under 45 s left is
 # skipped, so a run of too many steps still returns what the earlier ones wrote
 DEADLINE=${BENCH_DEADLINE_S:-510}
+# BENCH_TIME_FACTOR (default 1) multiplies every step's own timeout: a CPU rehearsal of the
+# long steps needs more than the GPU's seconds
+FACTOR=${BENCH_TIME_FACTOR:-1}
 cap() {  # cap <seconds>: prints the step's timeout within the deadline; fails under 45 s
   local left=$(( DEADLINE - $(elapsed) - 10 ))
-  local t=$(( $1 < left ? $1 : left ))
+  local want=$(( $1 * FACTOR ))
+  local t=$(( want < left ? want : left ))
   if [ "$t" -lt 45 ]; then echo "skipped: ${left}s left before the ${DEADLINE}s deadline" >&2; return 1; fi
   echo "$t"
 }
@@ -118,7 +127,7 @@ fi
 # copies that wait for the device) runs as a variant in the same alternation:
 # tasks.<task>.variants["overlap=0"]
 if step mc; then
-  bench 220 gpu_phi2_mc.json --tasks hellaswag,arc_easy,boolq,piqa,mmlu --limit 400 --repeats 2 --hf-batch-size 64 \
+  bench 220 gpu_phi2_mc.json --tasks hellaswag,arc_easy,boolq,piqa,mmlu --limit 400 --repeats 2 --hf-batch-size $HFB \
     --variant overlap=0
 fi
 
@@ -126,14 +135,14 @@ fi
 # the fast backend with its decoding steps replayed as CUDA graphs (graph_decode.py) runs as a
 # variant in the same alternation: the record's tasks.gsm8k.variants["cuda_graphs=1"]
 if step gen; then
-  bench 200 gpu_phi2_gsm8k.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 \
+  bench 200 gpu_phi2_gsm8k.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size $HFB --max-gen-toks 256 \
     --variant cuda_graphs=1
 fi
 
 # --- gengraph: the same generation with --cuda-graphs as the fast backend itself (gen also
 # times it, as a variant); compare its fast docs/s with gen's
 if step gengraph; then
-  bench 150 gpu_phi2_gsm8k_graphs.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 --cuda-graphs
+  bench 150 gpu_phi2_gsm8k_graphs.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size $HFB --max-gen-toks 256 --cuda-graphs
 fi
 
 # --- genbbh: BBH, the first GENBBH_LIMIT (10) prompts of each of its 27 tasks, fast backend only,
@@ -151,13 +160,13 @@ fi
 # --- genexpanded: the same generation with the few-shot prefix's KV cache copied to every row
 # (as before prefix_attention.py): how much reading it once per batch gains on this GPU
 if step genexpanded; then
-  bench 150 gpu_phi2_gsm8k_expanded.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 --expanded-prefix
+  bench 150 gpu_phi2_gsm8k_expanded.json --tasks gsm8k --limit 128 --repeats 1 --hf-batch-size $HFB --max-gen-toks 256 --expanded-prefix
 fi
 
 # --- genstatic: the same generation with --static-cache (transformers' static KV cache,
 # compiled with CUDA graphs); the first batches pay the compile time, so 256 documents
 if step genstatic; then
-  bench 200 gpu_phi2_gsm8k_static.json --tasks gsm8k --limit 256 --repeats 1 --hf-batch-size 64 --max-gen-toks 256 --static-cache
+  bench 200 gpu_phi2_gsm8k_static.json --tasks gsm8k --limit 256 --repeats 1 --hf-batch-size $HFB --max-gen-toks 256 --static-cache
 fi
 
 # --- fp32: the same model in float32 on the GPU, to separate bf16 rounding from bugs -----
