@@ -41,9 +41,9 @@ def resolve_rev(rev: str) -> str:
 
 
 def evals_diff() -> str:
-    """The working tree's uncommitted change to evals/ (what the new side runs beyond HEAD), as
-    `git diff` prints it; '' when there is none. Recorded, so that a record made with an edited
-    constant says which."""
+    """The working tree's uncommitted change to evals/'s tracked files (what the new side runs
+    beyond HEAD), as `git diff` prints it; '' when there is none. Recorded (its first 8000
+    characters), so that a record made with an edited constant says which."""
     return subprocess.run(["git", "-C", str(ROOT), "diff", "HEAD", "--", "evals"], capture_output=True,
                           text=True).stdout
 
