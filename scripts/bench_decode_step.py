@@ -11,7 +11,9 @@ replayed as CUDA graphs (graph_decode.py: on a GPU a replay dispatches no operat
 on the CPU the fixed-shape steps run eagerly, reading the whole reserved cache), and with --rev
 the in-place path of an older revision of the backend (loaded as bench_backend_ab.py does).
 A step's time is the difference between a long and a short decode of the same batch, divided
-by the extra steps, best of --repeats.
+by the extra steps, best of --repeats (the two alternate); where the long decode did not take
+longer (noise: another process on the machine), the record says so (`ms_per_step` null,
+`timing_note`) instead of giving a negative time.
 
   python scripts/bench_decode_step.py                         # random:phi-2-narrow, CPU
   python scripts/bench_decode_step.py --rev HEAD~1            # against an older backend
@@ -86,18 +88,28 @@ def decode_seconds(lm, prompts, steps: int, device) -> float:
 def measure(lm, prompts, device, short: int, long: int, repeats: int) -> dict:
     """Operations and milliseconds per decoding step of `lm` on `prompts`."""
     decode_seconds(lm, prompts, short, device)  # warm up
-    # timed before the operations are counted: a CUDA graph captured under the profiler might fail
-    t_short = min(decode_seconds(lm, prompts, short, device) for _ in range(repeats))
-    t_long = min(decode_seconds(lm, prompts, long, device) for _ in range(repeats))
+    # timed before the operations are counted: a CUDA graph captured under the profiler might fail;
+    # short and long alternate, so that drift in the machine's speed reaches both
+    shorts, longs = [], []
+    for _ in range(repeats):
+        shorts.append(decode_seconds(lm, prompts, short, device))
+        longs.append(decode_seconds(lm, prompts, long, device))
+    t_short, t_long = min(shorts), min(longs)
     replays = lm.stats.get("gen_graph_replays", 0)
     # the host's time per fixed-shape step between steps (stop checks; graph_decode.decode), in the timed decodes
     steps = lm.stats.get("gen_graph_steps", 0)
     host_ms = round(1e3 * lm.stats.get("gen_step_host_s", 0.0) / steps, 3) if steps else None
     a, b = op_counts(lm, prompts, short, device), op_counts(lm, prompts, long, device)
     per_step = {k: (b[k] - a[k]) / (long - short) for k in set(a) | set(b)}
+    ms = round((t_long - t_short) / (long - short) * 1e3, 2)
+    note = None
+    if ms <= 0:  # a step cannot cost nothing: the timings are noise (a loaded machine), not a measurement
+        note = (f"not measured: the {long}-step decode took {t_long:.3f} s, the {short}-step one {t_short:.3f} s "
+                "(best of each); time it on an idle machine")
+        ms = None
     return {"timed_graph_replays": replays, "host_ms_per_step": host_ms, "ops_per_step": round(sum(per_step.values()), 1),
             "kernel_ops_per_step": round(sum(v for k, v in per_step.items() if k not in VIEWS), 1),
-            "ms_per_step": round((t_long - t_short) / (long - short) * 1e3, 2),
+            "ms_per_step": ms, "timing_note": note,
             "ops": {k: round(v, 2) for k, v in sorted(per_step.items(), key=lambda kv: -kv[1]) if v}}
 
 
@@ -155,13 +167,16 @@ def main(argv=None) -> int:
             pa = sys.modules[cls.__module__.rsplit(".", 1)[0] + ".prefix_attention"]
             state = getattr(pa, "LSE_PATH", {})
             row["fused_attention"] = {f"{d} {str(t).replace('torch.', '')}": v for (d, t), v in state.items()}
-        print(f"{label:<40}{row['ops_per_step']:>10}{row['kernel_ops_per_step']:>10}{row['ms_per_step']:>10}", flush=True)
+        print(f"{label:<40}{row['ops_per_step']:>10}{row['kernel_ops_per_step']:>10}{str(row['ms_per_step']):>10}", flush=True)
+        if row["timing_note"]:
+            print(f"  ms per step {row['timing_note']}", flush=True)
         if row.get("host_ms_per_step") is not None:
             print(f"  of which the host between steps (stop checks): {row['host_ms_per_step']} ms", flush=True)
     base = record["modes"][EXPANDED]
     for label, row in record["modes"].items():
         row["ops_vs_expanded"] = round(row["ops_per_step"] / base["ops_per_step"], 3)
-        row["ms_vs_expanded"] = round(row["ms_per_step"] / base["ms_per_step"], 3)
+        timed = row["ms_per_step"] is not None and base["ms_per_step"] is not None
+        row["ms_vs_expanded"] = round(row["ms_per_step"] / base["ms_per_step"], 3) if timed else None
     print("vs expanded: " + ", ".join(f"{k}: ops {r['ops_vs_expanded']}x, time {r['ms_vs_expanded']}x"
                                       for k, r in record["modes"].items() if r is not base))
     if args.out:

@@ -233,8 +233,13 @@ def step_costs(record: dict | None, cuda_graphs: bool = False) -> tuple[float, f
         ratio = modes[IN_PLACE]["ops_per_step"] / modes[EXPANDED]["ops_per_step"]
         return (GPU_FORWARD_OVERHEAD_S, GPU_FORWARD_OVERHEAD_S * ratio,
                 f"{base}, {ratio:.2f}x that where the prefix is read in place, as its operations per step ({where})")
+    # bench_decode_step.py leaves ms_per_step null where its two timings were noise
+    untimed = [m for m in ((GRAPHS,) if cuda_graphs else (EXPANDED, IN_PLACE)) if not (modes.get(m) or {}).get("ms_per_step")]
+    if untimed:
+        raise SystemExit(f"--decode-step record has no step time for {', '.join(untimed)}: rerun "
+                         "scripts/bench_decode_step.py on an idle machine")
     if cuda_graphs:
-        graph = modes.get(GRAPHS) or {}
+        graph = modes[GRAPHS]
         if not graph.get("timed_graph_replays"):  # the timed decodes really replayed graphs
             raise SystemExit("--cuda-graphs: the --decode-step record has no step replayed as a CUDA graph")
         s = graph["ms_per_step"] / 1e3

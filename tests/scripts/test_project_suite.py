@@ -166,3 +166,18 @@ def test_step_costs_from_a_decode_step_record():
     for rec in (None, cpu, {"device": "cuda", "modes": {**modes, GRAPHS: {**modes[GRAPHS], "timed_graph_replays": 0}}}):
         with pytest.raises(SystemExit):
             project_suite.step_costs(rec, cuda_graphs=True)
+
+
+def test_step_costs_refuse_a_record_whose_timings_were_noise():
+    """bench_decode_step.py leaves ms_per_step null where the long decode was not slower than
+    the short one; such a CUDA record is refused with a message, not divided by."""
+    from bench_decode_step import EXPANDED, GRAPHS, IN_PLACE
+
+    modes = {EXPANDED: {"ops_per_step": 1000, "ms_per_step": 20.0}, IN_PLACE: {"ops_per_step": 1200, "ms_per_step": None},
+             GRAPHS: {"ops_per_step": 5, "ms_per_step": None, "timed_graph_replays": 64}}
+    with pytest.raises(SystemExit, match="no step time for prefix read in place"):
+        project_suite.step_costs({"device": "cuda", "modes": modes})
+    with pytest.raises(SystemExit, match="no step time for prefix read in place, CUDA graph steps"):
+        project_suite.step_costs({"device": "cuda", "modes": modes}, cuda_graphs=True)
+    # a CPU record costs steps by their operations and needs no times
+    assert project_suite.step_costs({"device": "cpu", "modes": modes})[1] > 0
