@@ -175,6 +175,9 @@ if step fp32; then
 fi
 
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader || true
+# the targets against this run's records: met, not met, or not measured (and why)
+recs=$(ls "$OUTDIR"/gpu_phi2_mc.json "$OUTDIR"/gpu_phi2_gsm8k.json 2>/dev/null)
+[ -n "$recs" ] && { python3 scripts/bench_targets.py $recs || true; }
 # on the GPU machine, also into its checkout's results/bench/ (not in a CPU rehearsal, whose
 # numbers would replace the GPU records here)
 if [ -n "${OUT:-}" ] && [ "$DEVICE" = cuda ]; then cp -f "$OUTDIR"/gpu_phi2_*.json results/bench/ 2>/dev/null || true; fi
