@@ -12,7 +12,7 @@ Targets (the fast-runner issue):
 
   python scripts/bench_targets.py results/bench/cpu_smollm2_nine_xeon_1207.json
   python scripts/bench_targets.py results/bench/gpu_phi2_mc.json results/bench/gpu_phi2_gsm8k.json \\
-      --projection results/bench/projection_phi-2_h200.json
+      results/bench/projection_phi-2_h200.json
 
 Only the default fast backend counts; a variant (--variant in bench_runner.py, e.g. cuda_graphs=1)
 is shown beside the generation target, not counted for it. Exit status 0 whatever the verdicts
@@ -136,7 +136,7 @@ def projection_rows(rec: dict, src: str) -> list[dict]:
     return [_row("GPU: the full Phi-2 suite, fast backend, one GPU (projected)", "< 15 min", text, verdict, where)]
 
 
-def rows_for(path: str, projection: bool = False) -> list[dict]:
+def rows_for(path: str) -> list[dict]:
     """The target rows one record file bears on."""
     try:
         rec = json.loads(Path(path).read_text())
@@ -146,16 +146,15 @@ def rows_for(path: str, projection: bool = False) -> list[dict]:
     schema = rec.get("schema") if isinstance(rec, dict) else None
     if schema == "phi2eval.projection/1":
         return projection_rows(rec, path)
-    if projection or schema != "phi2eval.bench/1":
-        want = "project_suite.py (phi2eval.projection/1)" if projection else "bench_runner.py (phi2eval.bench/1)"
-        raise SystemExit(f"bench_targets: {path} is not a record of {want} (schema {schema}); give one of those")
+    if schema != "phi2eval.bench/1":
+        raise SystemExit(f"bench_targets: {path} is not a record of bench_runner.py or project_suite.py (schema "
+                         f"{schema}); give one of those")
     return cpu_rows(rec, path) if rec["device"] == "cpu" else gpu_rows(rec, path)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("records", nargs="+", help="bench_runner.py JSON records")
-    p.add_argument("--projection", action="append", default=[], help="a project_suite.py JSON record")
+    p.add_argument("records", nargs="+", help="JSON records of bench_runner.py or project_suite.py")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = p.parse_args(argv)
     rows = []
@@ -164,7 +163,6 @@ def main(argv=None) -> int:
         if not found:
             print(f"{path}: bears on no target (none of the nine multiple-choice benchmarks on the CPU)")
         rows += found
-    rows += [r for path in args.projection for r in rows_for(path, projection=True)]
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

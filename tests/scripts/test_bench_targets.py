@@ -98,7 +98,7 @@ def test_projection_target(tmp_path):
     rec = {"schema": "phi2eval.projection/1", "device": "h100", "date": "2026-12-08", "total_on_paper_s": 700.0,
            "measured_complete": True, "bench_inputs": {"x.json": {"date": "2026-12-08T01:00:00Z"}}}
     for total, verdict in ((840.0, "met"), (960.0, "NOT met")):
-        row, = bench_targets.rows_for(_write(tmp_path, "p.json", {**rec, "total_measured_s": total}), projection=True)
+        row, = bench_targets.rows_for(_write(tmp_path, "p.json", {**rec, "total_measured_s": total}))
         assert row["verdict"] == verdict and "measured on 2026-12-08" in row["measured"]
     row, = bench_targets.rows_for(_write(tmp_path, "p.json", {**rec, "total_measured_s": 840.0, "measured_complete": False}))
     assert row["verdict"].startswith("not measured")
