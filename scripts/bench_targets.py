@@ -59,7 +59,7 @@ def cpu_rows(rec: dict, src: str) -> list[dict]:
     rows = []
     if len(present) < len(NINE) or caveats:
         why = "; ".join(caveats + ([f"{len(present)} of the nine tasks"] if len(present) < len(NINE) else []))
-        measured = f"{_speedup(tasks, present):.2f}x on {len(present)} tasks" if present else "-"
+        measured = f"{_speedup(tasks, present):.2f}x on {len(present)} tasks"
         rows.append(_row("CPU: fast vs hf, nine multiple-choice benchmarks", f">= {CPU_OVERALL}x", measured,
                          f"{UNMEASURED} ({why})", where))
     else:
@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     for path in args.records:
         found = rows_for(path)
         if not found:
-            print(f"{path}: bears on no target (none of the nine multiple-choice benchmarks on the CPU)")
+            print(f"{path}: bears on no target (none of the nine multiple-choice benchmarks on the CPU)",
+                  file=sys.stderr)
         rows += found
     if args.json:
         print(json.dumps(rows, indent=1))
