@@ -7,6 +7,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,10 +39,6 @@ def test_modes_read_the_prefix_as_named(tmp_path):
 
 
 
-class _CountingLM:
-    stats: dict = {}
-
-
 @pytest.mark.parametrize("short_s, long_s, want", [(1.0, 1.64, 20.0), (1.0, 0.9, None), (1.0, 1.0, None)])
 def test_a_step_time_that_is_noise_is_left_out(monkeypatch, short_s, long_s, want):
     """A step's time is (long decode - short decode) / extra steps, best of the alternating
@@ -56,7 +53,7 @@ def test_a_step_time_that_is_noise_is_left_out(monkeypatch, short_s, long_s, wan
 
     monkeypatch.setattr(bench_decode_step, "decode_seconds", fake_seconds)
     monkeypatch.setattr(bench_decode_step, "op_counts", lambda lm, prompts, steps, device: Counter({"aten::mm": steps}))
-    row = bench_decode_step.measure(_CountingLM(), [[1]], "cpu", 8, 40, 2)
+    row = bench_decode_step.measure(SimpleNamespace(stats={}), [[1]], "cpu", 8, 40, 2)
     assert calls == [8, 8, 40, 8, 40]  # warm-up, then short and long alternate
     assert row["ms_per_step"] == want and row["ops_per_step"] == 1.0
     assert (row["timing_note"] is None) == (want is not None)
